@@ -1,0 +1,234 @@
+"""Config files -> validated, frozen dataclasses.
+
+An experiment is an `ml_collections` config file with `get_config(arg)` (see
+`configs/`). Entry points load it (with command-line overrides), and call
+`to_dataclass` to turn the ConfigDict into typed, frozen dataclasses before any
+library code sees it. Validation happens here, once:
+
+* unknown keys are rejected, naming the key path and the valid keys (with a
+  "did you mean" suggestion);
+* fields annotated with `typing.Literal[...]` reject values outside the choices,
+  naming the key, the value and the valid choices;
+* dataclasses that validate themselves in `__post_init__` (e.g.
+  `jaxmtl.mup.Parametrization`) have their `ValueError` re-raised with the key
+  path prefixed.
+
+Nothing here reads flags; `load_config` is called by `jaxmtl.cli`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import pathlib
+import types
+import typing
+from typing import Any, Mapping
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config key or value is invalid. The message names the key path."""
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+  close = difflib.get_close_matches(name, valid, n=1)
+  return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+  return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+  """Converts one config value to the annotated type `tp`, validating it."""
+  origin = typing.get_origin(tp)
+  args = typing.get_args(tp)
+  if _is_dataclass_type(tp):
+    return to_dataclass(tp, value, path)
+  if origin is typing.Literal:
+    if value not in args:
+      raise ConfigError(
+          f"config key {path!r}: invalid value {value!r}; valid choices are "
+          f"{list(args)}.{_suggest(str(value), [str(a) for a in args])}")
+    return value
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    errors = []
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _convert(arg, value, path)
+      except (ConfigError, TypeError, ValueError) as e:
+        errors.append(str(e))
+    raise ConfigError(f"config key {path!r}: value {value!r} matches none of "
+                      f"{tp}: {'; '.join(errors)}")
+  if origin is tuple:
+    if isinstance(value, str):
+      value = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f"config key {path!r}: expected a tuple, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if args and len(args) != len(value):
+      raise ConfigError(f"config key {path!r}: expected {len(args)} values, got {value!r}")
+    return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value))) if args else tuple(value)
+  if tp is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"config key {path!r}: expected a number, got {value!r}")
+    return float(value)
+  if tp is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      if isinstance(value, float) and value.is_integer():
+        return int(value)
+      raise ConfigError(f"config key {path!r}: expected an integer, got {value!r}")
+    return value
+  if tp is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f"config key {path!r}: expected true/false, got {value!r}")
+    return value
+  if tp is str:
+    if not isinstance(value, str):
+      raise ConfigError(f"config key {path!r}: expected a string, got {value!r}")
+    return value
+  return value  # Any and un-annotated: passed through.
+
+
+def to_dataclass(cls: type, cfg: Mapping[str, Any] | None, path: str = "config"):
+  """Builds dataclass `cls` from a (nested) mapping, validating keys and values.
+
+  Args:
+    cls: a dataclass type whose fields may themselves be dataclasses.
+    cfg: a ConfigDict / dict; missing keys take the dataclass defaults.
+    path: the key path used in error messages (e.g. "config.model").
+
+  Raises:
+    ConfigError: naming the key path, the value and the valid keys or choices.
+  """
+  if cfg is None:
+    cfg = {}
+  if isinstance(cfg, ml_collections.ConfigDict):
+    cfg = cfg.to_dict()
+  if not isinstance(cfg, Mapping):
+    raise ConfigError(f"config key {path!r}: expected a mapping for {cls.__name__}, got {cfg!r}")
+  hints = typing.get_type_hints(cls)
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  valid = sorted(fields)
+  for key in cfg:
+    if key not in fields:
+      raise ConfigError(f"unknown config key '{path}.{key}'. Valid keys under "
+                        f"{path!r}: {valid}.{_suggest(key, valid)}")
+  kwargs = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in cfg.items()}
+  try:
+    return cls(**kwargs)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config key {path!r}: {e}") from e
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Loads `file.py[:arg]` and calls its `get_config(arg)` (arg may be absent)."""
+  file, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location(pathlib.Path(file).stem, file)
+  if spec is None or spec.loader is None or not pathlib.Path(file).exists():
+    raise ConfigError(f"config file {file!r} not found")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+  """Applies `{"a.b": value}` overrides in place; unknown keys name valid ones."""
+  for dotted, value in overrides.items():
+    node = cfg
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+      keys = sorted(node.keys())
+      if part not in keys:
+        where = "config." + ".".join(parts[:i]) if i else "config"
+        raise ConfigError(f"unknown config key 'config.{dotted}'. Valid keys under "
+                          f"{where!r}: {keys}.{_suggest(part, keys)}")
+      if i < len(parts) - 1:
+        node = node[part]
+    with cfg.unlocked():
+      node[parts[-1]] = value
+
+
+def to_json(obj: Any) -> str:
+  """Serialises a dataclass / ConfigDict tree to JSON (for the workdir)."""
+  def default(o):
+    if dataclasses.is_dataclass(o):
+      return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+    if isinstance(o, ml_collections.ConfigDict):
+      return o.to_dict()
+    return repr(o)
+  if isinstance(obj, ml_collections.ConfigDict):
+    obj = obj.to_dict()
+  return json.dumps(obj, default=default, indent=2, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------
+# The experiment: one frozen dataclass tree, built from the ConfigDict.
+# ----------------------------------------------------------------------------
+from jaxmtl.mesh import MeshConfig  # noqa: E402
+from jaxmtl.models.config import ModelConfig  # noqa: E402
+from jaxmtl.mup import Parametrization  # noqa: E402
+from jaxmtl.optim import OptimizerConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Dataset by name (embedded `jaxmtl_*` builders or any prepared TFDS dataset)."""
+  name: str = "jaxmtl_multidigits"
+  data_dir: str | None = None
+  tasks: tuple[str, ...] = ()          # empty: every task of the dataset
+  batch_size: int = 128                # global batch size
+  eval_batch_size: int = 512
+  eval_split: str = "test"
+  shuffle_buffer_seed: int | None = None  # None: use the experiment seed
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Durations are in steps."""
+  steps: int = 1000
+  log_every: int = 50
+  eval_every: int = 500
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  async_checkpoints: bool = True
+  progress: bool = True
+  stop_on_nan: bool = True
+  plot: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MTLConfig:
+  """How per-task losses become one update (see docs/mtl.md)."""
+  weighting: str = "sum"
+  weighting_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  seed: int = 0
+  model: ModelConfig = ModelConfig()
+  mup: Parametrization = Parametrization()
+  optim: OptimizerConfig = OptimizerConfig()
+  data: DataConfig = DataConfig()
+  mesh: MeshConfig = MeshConfig()
+  train: TrainConfig = TrainConfig()
+  mtl: MTLConfig = MTLConfig()
+
+
+def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
+  """ConfigDict -> validated ExperimentConfig (the μP optimizer follows `optim.name`)."""
+  exp = to_dataclass(ExperimentConfig, cfg)
+  if exp.mup.optimizer != exp.optim.name:
+    exp = dataclasses.replace(exp, mup=dataclasses.replace(exp.mup, optimizer=exp.optim.name))
+  return exp

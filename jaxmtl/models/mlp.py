@@ -1,0 +1,60 @@
+"""Multi-layer perceptron with one head per task."""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmtl.models.config import ModelConfig
+from jaxmtl.models.heads import TaskHeads
+from jaxmtl.models.layers import Dense, activation
+from jaxmtl.mup import Parametrization
+
+
+class MLP(nnx.Module):
+  """x [B, ...] -> flatten -> depth x (Dense, act) -> {task: logits [B, classes]}.
+
+  Roles: the first Dense is "input" (finite fan-in), the rest "hidden", heads
+  "output". `encode` returns the shared features (for representation-level MTL).
+  """
+
+  def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], outputs: Mapping[str, int],
+               *, param: Parametrization, rngs: nnx.Rngs):
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    d_in = math.prod(input_shape)
+    w, bw = cfg.width, cfg.base
+    self.layers = nnx.List([
+        Dense(d_in if i == 0 else w, w, role="input" if i == 0 else "hidden",
+              axes=("input" if i == 0 else "embed", "mlp" if i % 2 == 0 else "embed"),
+              param=param, base_in=d_in if i == 0 else bw, base_out=bw, rngs=rngs,
+              dtype=dt, param_dtype=pdt)
+        for i in range(cfg.depth)])
+    # Alternate (embed, mlp)/(mlp, embed) so FSDP/TP shard consecutive layers consistently.
+    last_axis = "mlp" if (cfg.depth - 1) % 2 == 0 else "embed"
+    self.heads = TaskHeads(w, bw, outputs, param=param, rngs=rngs, dtype=dt, param_dtype=pdt)
+    self.heads.heads = nnx.Dict({k: _reaxis(h, last_axis) for k, h in self.heads.heads.items()})
+    self.act = activation(cfg.activation)
+    self.sow_activations = cfg.sow_activations
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    h = x.reshape(x.shape[0], -1)
+    for i, layer in enumerate(self.layers):
+      h = self.act(layer(h))
+      if self.sow_activations:
+        self.sow(nnx.Intermediate, f"layer_{i}", jnp.abs(h).mean())
+    return h
+
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    out = self.heads(self.encode(x))
+    if self.sow_activations:
+      for k, v in out.items():
+        self.sow(nnx.Intermediate, f"head_{k}", jnp.abs(v).mean())
+    return out
+
+
+def _reaxis(head: Dense, in_axis: str) -> Dense:
+  head.kernel.set_metadata("axes", (in_axis, head.kernel.get_metadata()["axes"][1]))
+  return head
