@@ -232,3 +232,25 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
   if exp.mup.optimizer != exp.optim.name:
     exp = dataclasses.replace(exp, mup=dataclasses.replace(exp.mup, optimizer=exp.optim.name))
   return exp
+
+
+def default_config(cls: type = ExperimentConfig) -> ml_collections.ConfigDict:
+  """The full ConfigDict of a dataclass's defaults: every key exists, so every key
+  can be overridden on the command line. Optional fields default to typed placeholders."""
+  from ml_collections.config_dict import placeholder
+  hints = typing.get_type_hints(cls)
+  out = {}
+  for f in dataclasses.fields(cls):
+    if not f.init:
+      continue
+    value = getattr(cls(), f.name) if f.default is dataclasses.MISSING else f.default
+    tp = hints[f.name]
+    if _is_dataclass_type(tp):
+      out[f.name] = default_config(tp)
+    elif value is None:
+      inner = [a for a in typing.get_args(tp) if a is not type(None)]
+      base = typing.get_origin(inner[0]) or inner[0] if inner else object
+      out[f.name] = placeholder(base if isinstance(base, type) else object)
+    else:
+      out[f.name] = value
+  return ml_collections.ConfigDict(out)

@@ -47,12 +47,15 @@ class MeshConfig:
   `rules` overrides the strategy's table: a tuple of (logical, mesh axis) pairs.
   `min_shard_fraction`: for strategies that shard parameters, the check
   `check_sufficiently_sharded` fails when a device holds more than
-  `(1 + min_shard_fraction)` times its ideal share of parameter bytes.
+  `(1 + min_shard_fraction)` times its ideal share of parameter bytes, counted
+  over the leaves with at least `check_min_size` elements (small vectors and
+  heads are meant to be replicated).
   """
   shape: tuple[int, int, int] = (-1, 1, 1)
   strategy: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
   rules: tuple[tuple[str, Any], ...] | None = None
   min_shard_fraction: float = 0.5
+  check_min_size: int = 65536
 
 
 def resolve_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -153,9 +156,10 @@ def check_sufficiently_sharded(shapes_tree: Any, shardings_tree: Any, mesh: Mesh
   Returns:
     {"total_bytes", "max_device_bytes", "ideal_bytes", "ratio"}.
   """
-  total = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
-              for s in jax.tree.leaves(shapes_tree))
-  per_device = bytes_per_device(shapes_tree, shardings_tree)
+  pairs = [(s, sh) for s, sh in zip(jax.tree.leaves(shapes_tree), jax.tree.leaves(shardings_tree))
+           if int(np.prod(s.shape)) >= cfg.check_min_size]
+  total = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s, _ in pairs)
+  per_device = bytes_per_device([s for s, _ in pairs], [sh for _, sh in pairs])
   max_bytes = max(per_device.values()) if per_device else 0
   table = dict(rules_for(cfg))
   param_axes = {a for k in ("embed", "mlp", "heads", "vocab")

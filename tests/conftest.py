@@ -18,3 +18,11 @@ def shared_data():
   if not SHARED_DATA.exists():
     pytest.skip("../shared/data is not present on this machine")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A TFDS data dir shared by the session; embedded datasets build into it on first use."""
+  path = tmp_path_factory.mktemp("tfds")
+  os.environ["JAXMTL_DATA_DIR"] = str(path)
+  return str(path)

@@ -56,8 +56,10 @@ def main():
     sys.exit(run(argv))
   try:
     app.run(_main)
-  except flags.IllegalFlagValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    # config_flags raises these while parsing --config.a.b=value overrides.
+    msg = str(e).strip("'\"").replace("\\n", " ")
+    print(f"error: bad --config override or value: {msg}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -28,12 +28,11 @@ class MLP(nnx.Module):
     w, bw = cfg.width, cfg.base
     self.layers = nnx.List([
         Dense(d_in if i == 0 else w, w, role="input" if i == 0 else "hidden",
-              axes=("input" if i == 0 else "embed", "mlp" if i % 2 == 0 else "embed"),
+              axes=(_in_axis(i), _out_axis(i)),
               param=param, base_in=d_in if i == 0 else bw, base_out=bw, rngs=rngs,
               dtype=dt, param_dtype=pdt)
         for i in range(cfg.depth)])
-    # Alternate (embed, mlp)/(mlp, embed) so FSDP/TP shard consecutive layers consistently.
-    last_axis = "mlp" if (cfg.depth - 1) % 2 == 0 else "embed"
+    last_axis = _out_axis(cfg.depth - 1)
     self.heads = TaskHeads(w, bw, outputs, param=param, rngs=rngs, dtype=dt, param_dtype=pdt)
     self.heads.heads = nnx.Dict({k: _reaxis(h, last_axis) for k, h in self.heads.heads.items()})
     self.act = activation(cfg.activation)
@@ -53,6 +52,16 @@ class MLP(nnx.Module):
       for k, v in out.items():
         self.sow(nnx.Intermediate, f"head_{k}", jnp.abs(v).mean())
     return out
+
+
+# Layers alternate (input, mlp), (mlp, embed), (embed, mlp), ... so that with
+# FSDP + TP each activation's feature axis is sharded the same way on both sides.
+def _out_axis(i: int) -> str:
+  return "mlp" if i % 2 == 0 else "embed"
+
+
+def _in_axis(i: int) -> str:
+  return "input" if i == 0 else _out_axis(i - 1)
 
 
 def _reaxis(head: Dense, in_axis: str) -> Dense:

@@ -63,7 +63,7 @@ def make_train_step(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec,
         state.params, state.mtl_state)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": jnp.sum(weights * losses), "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": jnp.sum(weights * losses), "grad_norm": optax.tree.norm(grads),
                "param_rms": _rms(params), "update_rms": _rms(updates)}
     for i, n in enumerate(names):
       metrics[f"loss/{n}"] = losses[i]
