@@ -179,6 +179,7 @@ from jaxmtl.mesh import MeshConfig  # noqa: E402
 from jaxmtl.models.config import ModelConfig  # noqa: E402
 from jaxmtl.mup import Parametrization  # noqa: E402
 from jaxmtl.optim import OptimizerConfig  # noqa: E402
+from jaxmtl.train.combine import MTLConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,13 +206,6 @@ class TrainConfig:
   progress: bool = True
   stop_on_nan: bool = True
   plot: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class MTLConfig:
-  """How per-task losses become one update (see docs/mtl.md)."""
-  weighting: str = "sum"
-  weighting_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,19 +14,8 @@ import optax
 from flax import nnx
 
 from jaxmtl import tasks as tasks_lib
+from jaxmtl.train.combine import MTLMethod
 from jaxmtl.train.state import TrainState
-
-# combine(losses_T, mtl_state, step, key) -> (total_loss, weights_T, new_mtl_state)
-Combine = Callable[[jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array, Any]]
-
-
-def sum_combine(mean: bool = False) -> tuple[Callable[[], Any], Combine]:
-  """Equal weights: the plain sum of task losses (or their mean)."""
-  def combine(losses, state, step, key):
-    w = jnp.full_like(losses, 1.0 / losses.shape[0] if mean else 1.0)
-    return jnp.sum(w * losses), w, state
-  return (lambda: ()), combine
-
 
 def make_loss_fn(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec):
   """loss_fn(params, batch) -> (losses f32[T], stats) with one forward pass."""
@@ -45,25 +34,33 @@ def _rms(tree) -> jax.Array:
   return jnp.sqrt(sq / n)
 
 
+def make_features_fns(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec):
+  """(prepare, encode, head_loss) for representation-level MTL methods."""
+  def prepare(batch):
+    return tasks_lib.prepare_batch(spec, batch)
+
+  def encode(params, x):
+    return nnx.merge(graphdef, params).encode(x)
+
+  def head_loss(params, z, labels):
+    logits = nnx.merge(graphdef, params).heads(z)
+    return tasks_lib.task_losses(spec.tasks, logits, labels)
+  return prepare, encode, head_loss
+
+
 def make_train_step(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec,
-                    optimizer: optax.GradientTransformation, combine: Combine):
+                    optimizer: optax.GradientTransformation, mtl: MTLMethod):
   """Returns step(state, batch) -> (state, metrics). Pure; no host interaction."""
-  loss_fn = make_loss_fn(graphdef, spec)
   names = [t.name for t in spec.tasks]
 
   def step(state: TrainState, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-    def total_loss(params, mtl_state):
-      losses, stats = loss_fn(params, batch)
-      total, weights, new_mtl = combine(losses, mtl_state, state.step, key)
-      return total, (losses, weights, new_mtl, stats)
-
-    grads, (losses, weights, mtl_state, stats) = jax.grad(total_loss, has_aux=True)(
-        state.params, state.mtl_state)
+    grads, losses, weights, mtl_state, stats = mtl.grads(state.params, batch, state.mtl_state,
+                                                         state.step, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": jnp.sum(weights * losses), "grad_norm": optax.tree.norm(grads),
+    mtl_state = mtl.after_step(params, batch, mtl_state)
+    metrics = {"loss": jnp.sum(losses), "grad_norm": optax.tree.norm(grads),
                "param_rms": _rms(params), "update_rms": _rms(updates)}
     for i, n in enumerate(names):
       metrics[f"loss/{n}"] = losses[i]

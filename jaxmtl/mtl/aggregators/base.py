@@ -1,0 +1,163 @@
+"""Shared machinery of the gradient aggregators: Gramians, combination, the base class.
+
+A Jacobian is either a ``[tasks, params]`` matrix or any pytree whose leaves carry a leading task
+axis ``[tasks, ...]`` (e.g. the per-task gradients of an NNX ``State``). Nothing here flattens or
+concatenates the pytree: the Gramian is a sum of per-leaf ``[tasks, tasks]`` products and the
+update is a per-leaf weighted sum over the task axis.
+
+The weighting conventions follow torchjd (https://github.com/TorchJD/torchjd, v0.18.0): a
+Gramian-based aggregator maps ``G = J J^T`` (``[tasks, tasks]``) to weights ``w`` (``[tasks]``)
+and returns ``J^T w``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+__all__ = [
+    "Aggregator", "gramian", "combine", "num_tasks", "normalize_gramian",
+    "regularize_gramian", "check_pref_vector",
+]
+
+
+def num_tasks(jacobian: PyTree) -> int:
+  """Size of the leading task axis shared by every leaf of ``jacobian``."""
+  leaves_with_path = jax.tree_util.tree_leaves_with_path(jacobian)
+  if not leaves_with_path:
+    raise ValueError("jacobian has no array leaves; expected [tasks, ...] leaves.")
+  sizes = {}
+  for path, leaf in leaves_with_path:
+    if jnp.ndim(leaf) < 1:
+      raise ValueError(
+          f"jacobian leaf {jax.tree_util.keystr(path)} is a scalar; every leaf needs a leading "
+          "task axis [tasks, ...].")
+    sizes[jax.tree_util.keystr(path)] = jnp.shape(leaf)[0]
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f"jacobian leaves disagree on the number of tasks (leading axis): {sizes}.")
+  return next(iter(sizes.values()))
+
+
+def _acc_dtype(jacobian: PyTree) -> jnp.dtype:
+  dtypes = [jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(jacobian)]
+  return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+
+
+def gramian(jacobian: PyTree) -> jax.Array:
+  """Gramian ``G = J J^T`` of a Jacobian, ``[tasks, tasks]``.
+
+  Computed leaf by leaf (``sum_leaf L L^T`` with each leaf viewed as ``[tasks, -1]``), accumulated
+  in at least float32 — no flattened copy of the Jacobian is built.
+  """
+  num_tasks(jacobian)
+  acc = _acc_dtype(jacobian)
+  out = None
+  for leaf in jax.tree_util.tree_leaves(jacobian):
+    m = jnp.reshape(leaf, (leaf.shape[0], -1))
+    g = jnp.matmul(m, m.T, preferred_element_type=acc)
+    out = g if out is None else out + g
+  return 0.5 * (out + out.T)
+
+
+def combine(jacobian: PyTree, weights: jax.Array) -> PyTree:
+  """Update ``J^T w``: each leaf ``[tasks, ...]`` becomes ``sum_t w_t leaf[t]`` (``[...]``).
+
+  Accumulates in at least float32 and returns each leaf in its own dtype.
+  """
+  def one(leaf):
+    acc = jnp.promote_types(leaf.dtype, jnp.float32)
+    out = jnp.tensordot(weights.astype(acc), leaf.astype(acc), axes=(0, 0))
+    return out.astype(leaf.dtype)
+  return jax.tree_util.tree_map(one, jacobian)
+
+
+def normalize_gramian(g: jax.Array, eps: float) -> jax.Array:
+  """``G / trace(G)``, or zeros where ``trace(G) < eps`` (torchjd ``_linalg.normalize``)."""
+  tr = jnp.trace(g)
+  return jnp.where(tr < eps, jnp.zeros_like(g), g / jnp.where(tr < eps, 1.0, tr))
+
+
+def regularize_gramian(g: jax.Array, eps: float) -> jax.Array:
+  """``G + eps I`` (torchjd ``_linalg.regularize``)."""
+  return g + eps * jnp.eye(g.shape[0], dtype=g.dtype)
+
+
+def check_pref_vector(pref_vector: Any, name: str = "pref_vector") -> tuple[float, ...] | None:
+  """Validates a preference vector option and returns it as a hashable tuple (or None)."""
+  if pref_vector is None:
+    return None
+  try:
+    arr = np.asarray(pref_vector, dtype=np.float64)
+    values = tuple(float(v) for v in arr.ravel())
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be a 1-D sequence of floats or None, got {pref_vector!r}.") from e
+  if arr.ndim != 1 or not values:
+    raise ValueError(f"{name} must be a non-empty 1-D vector, got {pref_vector!r}.")
+  return values
+
+
+def pref_weights(pref: tuple[float, ...] | None, n: int, dtype: jnp.dtype) -> jax.Array:
+  """The preference weights ``[tasks]``: ``pref`` or the mean ``1/tasks`` (torchjd default)."""
+  if pref is None:
+    return jnp.full((n,), 1.0 / n, dtype)
+  if len(pref) != n:
+    raise ValueError(f"pref_vector has {len(pref)} entries but the Jacobian has {n} tasks.")
+  return jnp.asarray(pref, dtype)
+
+
+def _check_gramian(g: jax.Array) -> jax.Array:
+  g = jnp.asarray(g)
+  if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] == 0:
+    raise ValueError(f"gramian must be a non-empty square [tasks, tasks] matrix, got {g.shape}.")
+  if not jnp.issubdtype(g.dtype, jnp.floating):
+    g = g.astype(jnp.float32)
+  return g
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregator:
+  """Base class: Gramian weighting + ``J^T w`` combination.
+
+  Subclasses implement `_weights` (``[tasks, tasks] -> [tasks]``) as light glue around jitted
+  kernels whose numerical options are traced, so eager calls compile each kernel once per shape
+  and dtype; under an outer `jax.jit` everything is inlined. Stateless aggregators return
+  ``None`` as state. Instances are hashable (all options are static) so they can be closed over
+  or passed as static arguments to `jax.jit`.
+  """
+
+  needs_key = False  # class attribute (not a field)
+  stateful = False
+
+  def init(self, num_tasks: int) -> Any:  # pylint: disable=unused-argument
+    """Initial state (``None`` for stateless aggregators)."""
+    return None
+
+  def _weights(self, g, state, key):  # pragma: no cover - abstract
+    raise NotImplementedError
+
+  def weights(self, gramian: jax.Array, *, state: Any = None,
+              key: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """Task weights ``[tasks]`` from a Gramian ``[tasks, tasks]``: ``(weights, new_state)``."""
+    g = _check_gramian(gramian)
+    if self.needs_key and key is None:
+      raise ValueError(f"{type(self).__name__} is randomised: pass key=jax.random.key(...).")
+    if self.stateful and state is None:
+      state = self.init(g.shape[0])
+    w, new_state = self._weights(jax.lax.stop_gradient(g), state, key)
+    return jax.lax.stop_gradient(w), new_state
+
+  def __call__(self, jacobian: PyTree, *, state: Any = None,
+               key: jax.Array | None = None) -> tuple[PyTree, jax.Array | None, Any]:
+    """Aggregates ``jacobian`` (``[tasks, params]`` or pytree of ``[tasks, ...]``).
+
+    Returns ``(update, weights, new_state)``; ``update`` has the shape of one task's gradient.
+    """
+    g = gramian(jacobian)
+    w, new_state = self.weights(g, state=state, key=key)
+    return combine(jacobian, w), w, new_state
