@@ -14,7 +14,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it has checkpoints).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host runs).")
+                                 "Call jax.distributed.initialize() (multi-host runs; SLURM, "
+                                 "TPU pods and Open MPI are detected automatically).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (with the above).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with the above).")
 
 
 def run(argv) -> int:
@@ -23,8 +28,8 @@ def run(argv) -> int:
   from absl import logging
   if logging.get_verbosity() <= logging.INFO and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; -v 0 brings it back
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from jaxmtl import config as config_lib
   from jaxmtl.train import loop
   if _CONFIG.value is None or _WORKDIR.value is None:

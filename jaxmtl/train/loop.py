@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from jaxmtl import config as config_lib
 from jaxmtl import mesh as mesh_lib
+from jaxmtl import observability
 from jaxmtl import tasks as tasks_lib
 from jaxmtl.checkpoint import Checkpointer
 from jaxmtl.data.batches import BatchIterator
@@ -30,8 +31,8 @@ from jaxmtl.optim import make_optimizer
 from jaxmtl.train import report
 from jaxmtl.train import state as state_lib
 from jaxmtl.train.evaluate import make_evaluator
-from jaxmtl.train.step import make_eval_step, make_train_step
-from jaxmtl.train.combine import make_combine
+from jaxmtl.train.combine import make_mtl
+from jaxmtl.train.step import make_eval_step, make_features_fns, make_loss_fn, make_train_step
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; launchers requeue on it.
 
@@ -56,11 +57,10 @@ class Experiment:
   spec: tasks_lib.DataSpec
   graphdef: Any
   optimizer: Any
-  combine: Any
+  mtl: Any
   abstract: state_lib.TrainState
   shardings: state_lib.TrainState
   model_fn: Any
-  mtl_init: Any
   param_axes: Any
   param_rules: Any
 
@@ -74,25 +74,28 @@ def build(cfg: config_lib.ExperimentConfig, devices=None) -> Experiment:
   model_fn = lambda rngs: make_model(cfg.model, spec.input_shape, outputs, cfg.mup, rngs)
   graphdef, _, axes, param_rules = abstract_model(cfg.model, spec.input_shape, outputs, cfg.mup)
   optimizer = make_optimizer(cfg.optim, param_rules)
-  mtl_init, combine = make_combine(cfg.mtl, len(spec.tasks))
-  abstract = state_lib.abstract_state(model_fn, optimizer, mtl_init, cfg.seed)
+  steps_per_epoch = max(len(get_source(cfg.data.name, "train", cfg.data.data_dir))
+                        // cfg.data.batch_size, 1)
+  mtl = make_mtl(cfg.mtl, len(spec.tasks), make_loss_fn(graphdef, spec),
+                 make_features_fns(graphdef, spec), steps_per_epoch)
+  abstract = state_lib.abstract_state(model_fn, optimizer, mtl.init, cfg.seed)
   param_sh = mesh_lib.tree_shardings(axes, abstract.params, rules, mesh)
   shardings = state_lib.state_shardings(abstract, param_sh, optimizer, mesh)
   if cfg.mesh.strategy != "dp":
     mesh_lib.check_sufficiently_sharded(abstract.params, param_sh, mesh, cfg.mesh)
-  return Experiment(cfg, mesh, spec, graphdef, optimizer, combine, abstract, shardings,
-                    model_fn, mtl_init, axes, param_rules)
+  return Experiment(cfg, mesh, spec, graphdef, optimizer, mtl, abstract, shardings,
+                    model_fn, axes, param_rules)
 
 
 def init_state(exp: Experiment) -> state_lib.TrainState:
-  init = state_lib.make_init(exp.model_fn, exp.optimizer, exp.mtl_init, exp.cfg.seed)
+  init = state_lib.make_init(exp.model_fn, exp.optimizer, exp.mtl.init, exp.cfg.seed)
   with jax.set_mesh(exp.mesh):
     return jax.jit(lambda: init(exp.shardings.params), out_shardings=exp.shardings)()
 
 
 def compile_train_step(exp: Experiment, batch_spec: dict[str, jax.ShapeDtypeStruct]):
   """The jitted step with explicit shardings; the state is donated."""
-  step = make_train_step(exp.graphdef, exp.spec, exp.optimizer, exp.combine)
+  step = make_train_step(exp.graphdef, exp.spec, exp.optimizer, exp.mtl)
   batch_sh = {k: v.sharding for k, v in batch_spec.items()}
   return jax.jit(step, in_shardings=(exp.shardings, batch_sh),
                  out_shardings=(exp.shardings, mesh_lib.replicated(exp.mesh)), donate_argnums=0)
@@ -114,6 +117,10 @@ def train(cfg: config_lib.ExperimentConfig, workdir: str | pathlib.Path) -> dict
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_lib.to_json(cfg))
+  prints = {"config": observability.config_fingerprint(cfg),
+            "code": observability.code_fingerprint()}
+  observability.check_processes_agree(prints)  # same config and code on every host
+  plog = observability.ProcessLog(workdir, every=cfg.train.log_every, fingerprints=prints)
   exp = build(cfg)
   tc = cfg.train
   train_source = get_source(cfg.data.name, "train", cfg.data.data_dir)
@@ -122,9 +129,9 @@ def train(cfg: config_lib.ExperimentConfig, workdir: str | pathlib.Path) -> dict
                              else cfg.data.shuffle_buffer_seed)
   ckpt = Checkpointer(workdir / "checkpoints", save_every=tc.checkpoint_every,
                       keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, data_state = ckpt.restore(latest, state_lib.with_shardings(exp.abstract, exp.shardings))
+  restored = ckpt.restore_latest(state_lib.with_shardings(exp.abstract, exp.shardings))
+  if restored is not None:  # newest readable checkpoint; corrupt ones are moved aside
+    _, state, data_state = restored
     train_iter.set_state(data_state)
   else:
     state = init_state(exp)
@@ -153,24 +160,27 @@ def train(cfg: config_lib.ExperimentConfig, workdir: str | pathlib.Path) -> dict
         last_train = _handle(pending, exp, writer, meter, bar, tc)
       pending = (step + 1, metrics)
       done = step + 1
+      plog.heartbeat(done)  # logs/process_{i}.log: step time, slowest process
       if done % tc.eval_every == 0 or done == tc.steps:
         last_train = _handle(pending, exp, writer, meter, bar, tc)
         pending = None
         last_eval = evaluate(state.params)
         writer.write(done, last_eval, prefix="eval/")
         bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
-      if preempted["flag"]:
+      if observability.any_process(preempted["flag"]):  # all processes save together
         if pending is not None:
           last_train = _handle(pending, exp, writer, meter, bar, tc)
           pending = None
         ckpt.save(done, state, train_iter.get_state(), force=True)
         ckpt.wait()
+        plog.write(f"preempted: checkpoint saved at step {done}")
         raise Preempted(done)
       ckpt.save(done, state, train_iter.get_state(), force=done == tc.steps)
     if pending is not None:
       last_train = _handle(pending, exp, writer, meter, bar, tc)
   finally:
     bar.close()
+    plog.close()
     ckpt.close()
     writer.close()
     if old_handler is not None:
