@@ -24,7 +24,7 @@ import json
 import pathlib
 import types
 import typing
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import ml_collections
 
@@ -73,6 +73,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if not isinstance(value, (tuple, list)):
       raise ConfigError(f"config key {path!r}: expected a tuple, got {value!r}")
     if len(args) == 2 and args[1] is Ellipsis:
+      if args[0] is str:  # --config.data.tasks=a,b arrives as ("a,b",): split it
+        value = tuple(p.strip() for v in value for p in (v.split(",") if isinstance(v, str)
+                                                         else [v]) if not isinstance(p, str)
+                      or p.strip())
       return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
     if args and len(args) != len(value):
       raise ConfigError(f"config key {path!r}: expected {len(args)} values, got {value!r}")
@@ -187,11 +191,21 @@ class DataConfig:
   """Dataset by name (embedded `jaxmtl_*` builders or any prepared TFDS dataset)."""
   name: str = "jaxmtl_multidigits"
   data_dir: str | None = None
-  tasks: tuple[str, ...] = ()          # empty: every task of the dataset
+  tasks: tuple[str, ...] = ()          # empty: every task of the dataset (or mixture)
   batch_size: int = 128                # global batch size
   eval_batch_size: int = 512
   eval_split: str = "test"
   shuffle_buffer_seed: int | None = None  # None: use the experiment seed
+  # Several datasets trained jointly (one head per task; `name` is then unused): every batch
+  # mixes their examples with probabilities by size, temperature (p ∝ n^(1/T)) or uniform.
+  mixture: tuple[str, ...] = ()
+  mixture_mode: Literal["proportional", "temperature", "uniform"] = "proportional"
+  mixture_temperature: float = 2.0
+
+  @property
+  def datasets(self) -> tuple[str, ...]:
+    """The datasets this run reads: the mixture's, or (name,)."""
+    return self.mixture or (self.name,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +220,12 @@ class TrainConfig:
   progress: bool = True
   stop_on_nan: bool = True
   plot: bool = True
+  # Warm start (fine-tuning): parameters whose path and shape match are taken from another
+  # run's latest checkpoint (its workdir or checkpoints dir), an orbax step, or a params file
+  # (*.npz, *.safetensors, orbax PyTree dir); the rest (e.g. new task heads) start fresh.
+  # Ignored when the workdir has its own checkpoint (resume wins).
+  init_from: str | None = None
+  init_exclude: str = ""               # regex (fullmatch on "a/b/c") of paths to keep fresh
 
 
 @dataclasses.dataclass(frozen=True)

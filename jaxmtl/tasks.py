@@ -49,7 +49,7 @@ def data_spec(dataset: str, data_dir: str | None = None,
     select: task names to keep (None: all). Unknown names raise ValueError.
   """
   from jaxmtl.data import sources  # Local import: data pulls in TFDS.
-  if dataset in sources.embedded_names():
+  if sources.is_embedded(dataset):  # also 'jaxmtl_bytes/stdlib_seq128'
     info = sources.dataset_info(dataset)
     if "tokens" in info.features:
       (seq_plus_one,), _ = info.features["tokens"]
@@ -64,6 +64,49 @@ def data_spec(dataset: str, data_dir: str | None = None,
   else:
     spec = _tfds_spec(dataset, data_dir)
   return _select(spec, select)
+
+
+MIXTURE_INPUT_KEY = "inputs"
+
+
+def short_name(dataset: str) -> str:
+  """"jaxmtl_digits" -> "digits": the prefix of a dataset's task names in a mixture."""
+  return dataset.removeprefix("jaxmtl_")
+
+
+def mixture_spec(datasets: Sequence[str], data_dir: str | None = None,
+                 select: Sequence[str] | None = None) -> tuple[DataSpec, tuple[DataSpec, ...]]:
+  """The DataSpec of several datasets trained jointly, and each member's own DataSpec.
+
+  Tasks are named after their dataset: a single-task dataset's task is the dataset's short
+  name ("digits"), a multi-task dataset's are "<short>_<task>" ("multidigits_left"). Every
+  example carries every task's label under `label_<task>`, -1 where its dataset has no such
+  task (`task_losses` ignores labels < 0). Inputs arrive as float32 already scaled, under
+  "inputs". All members must be classification datasets with one input shape.
+
+  Raises:
+    ValueError: fewer than two datasets, duplicates, an LM dataset, or different input shapes
+      (naming each dataset's shape).
+  """
+  datasets = tuple(datasets)
+  if len(datasets) < 2 or len(set(datasets)) != len(datasets):
+    raise ValueError(f"data.mixture needs at least two distinct datasets, got {list(datasets)}")
+  members = tuple(data_spec(d, data_dir) for d in datasets)
+  lm = [m.name for m in members if any(t.kind == "lm" for t in m.tasks)]
+  if lm:
+    raise ValueError(f"data.mixture supports classification datasets only; {lm} are language "
+                     "modelling datasets")
+  shapes = {m.name: m.input_shape for m in members}
+  if len(set(shapes.values())) != 1:
+    raise ValueError(f"datasets in data.mixture must share one input shape, got {shapes}")
+  tasks = []
+  for m in members:
+    for t in m.tasks:
+      name = short_name(m.name) if len(m.tasks) == 1 else f"{short_name(m.name)}_{t.name}"
+      tasks.append(Task(name, f"label_{name}", t.num_outputs, t.kind))
+  spec = DataSpec("+".join(datasets), MIXTURE_INPUT_KEY, members[0].input_shape, None,
+                  tuple(tasks))
+  return _select(spec, select), members
 
 
 def _tfds_spec(dataset: str, data_dir: str | None) -> DataSpec:
@@ -110,6 +153,9 @@ def task_losses(tasks: Sequence[Task], logits: Mapping[str, jax.Array],
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Per-task mean losses f32[T] and per-task metric sums.
 
+  Examples whose label is negative (no label for that task) and masked examples are left
+  out; a task with no labelled example in the batch has loss 0 and count 0.
+
   Returns:
     losses_T: mean loss of each task over unmasked examples (tokens for LM).
     stats: {"<task>/loss_sum", "<task>/correct", "<task>/count"} sums, so that
@@ -119,9 +165,11 @@ def task_losses(tasks: Sequence[Task], logits: Mapping[str, jax.Array],
   for t in tasks:
     lg = logits[t.name].astype(jnp.float32)
     y = labels[t.name]
+    # Labels < 0 mean "no label for this task" (mixtures of datasets): weight 0.
+    w = (y >= 0).astype(jnp.float32)
+    y = jnp.maximum(y, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(lg, y)
     correct = (jnp.argmax(lg, -1) == y).astype(jnp.float32)
-    w = jnp.ones_like(ce)
     if mask_B is not None:
       w = w * mask_B.reshape(mask_B.shape + (1,) * (ce.ndim - 1)).astype(jnp.float32)
     count = w.sum()

@@ -67,3 +67,11 @@ def test_cli_rejects_unknown_override(tmp_path):
                        cwd=pathlib.Path(__file__).resolve().parents[1])
   assert out.returncode != 0
   assert "widht" in out.stderr
+
+
+def test_comma_separated_tuple_override():
+  cd = config_lib.load_config_file("configs/quickstart.py")
+  config_lib.apply_overrides(cd, {"data.mixture": ("jaxmtl_a, jaxmtl_b",), "data.tasks": ("x,y",)})
+  exp = config_lib.experiment_config(cd)
+  assert exp.data.mixture == ("jaxmtl_a", "jaxmtl_b") and exp.data.tasks == ("x", "y")
+  assert exp.data.datasets == ("jaxmtl_a", "jaxmtl_b")

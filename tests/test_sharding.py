@@ -7,8 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxmtl import mesh as mesh_lib
-from jaxmtl.data.batches import BatchIterator
-from jaxmtl.data.sources import get_source
+from jaxmtl.data import pipeline
 from jaxmtl.models import ModelConfig, abstract_model
 from jaxmtl.mup import Parametrization
 from jaxmtl.train import loop
@@ -73,8 +72,7 @@ def test_state_created_sharded(data_dir):
 def _run_steps(cfg, devices, n):
   exp = loop.build(cfg, devices)
   state = loop.init_state(exp)
-  it = BatchIterator(get_source(cfg.data.name, "train", cfg.data.data_dir),
-                     global_batch_size=cfg.data.batch_size, mesh=exp.mesh, seed=cfg.seed)
+  it = pipeline.train_iterator(exp.data, cfg.data.batch_size, exp.mesh)
   step = loop.compile_train_step(exp, it.element_spec)
   losses = []
   for _ in range(n):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 import math
+import sys
 from typing import Any
 
 import grain
@@ -23,6 +24,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 MASK_KEY = "mask"
+
+
+def as_dataset(source: Sequence[Any] | grain.MapDataset) -> grain.MapDataset:
+  """A random-access source (e.g. `tfds.data_source`) or a `grain.MapDataset` as a MapDataset."""
+  return source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
 
 
 def local_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
@@ -51,6 +57,9 @@ def _pad(batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray], s
 
 class BatchIterator(Iterator[dict[str, jax.Array]]):
   """Yields {key: jax.Array [global_batch_size, ...]} sharded over `batch_axes` of `mesh`.
+
+  `source` is a random-access source or a `grain.MapDataset` (e.g. an endless
+  `mixture.mixed_dataset`, used with `shuffle=False, num_epochs=None`).
 
   With `drop_remainder=False` the last global batch is padded with zeros and every batch
   carries `mask` (bool [global_batch_size]), True on real examples (use it for exact
@@ -83,10 +92,11 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
     self._sharding = NamedSharding(mesh, PartitionSpec(axes))
     self._seed, self._shuffle, self._num_epochs = int(seed), bool(shuffle), num_epochs
     self._drop_remainder = drop_remainder
-    ds = grain.MapDataset.source(source)
+    ds = as_dataset(source)
     if shuffle:
       ds = ds.seed(self._seed).shuffle()
-    ds = ds.repeat(num_epochs)
+    if num_epochs is not None or len(ds) < sys.maxsize:  # an endless stream stays as it is
+      ds = ds.repeat(num_epochs)
     if transform is not None:
       ds = ds.map(transform)
     if num_epochs is None:
@@ -169,7 +179,7 @@ def iterate_numpy(source: Sequence[Any], batch_size: int,
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
-  ds = grain.MapDataset.source(source)
+  ds = as_dataset(source)
   if transform is not None:
     ds = ds.map(transform)
   ds = ds.batch(batch_size, drop_remainder=False)

@@ -1,17 +1,25 @@
-"""Task mixtures: which task's batch comes next, as a deterministic function of the step.
+"""Mixtures of datasets: one model, one head per task, datasets sampled by size or temperature.
 
 Sampling probabilities follow the usual multi-task recipes: proportional to dataset size
 (p_i ∝ n_i), temperature sampling (p_i ∝ n_i^(1/T), T5's "temperature-scaled mixing",
-Raffel et al. 2020, arXiv:1910.10683; T=1 is proportional, T→∞ uniform), or uniform. The
-task of step `s` is drawn from `numpy.random.default_rng([seed, s])`, so the schedule depends
-on the seed and step only: checkpoint the step (and each task's iterator state) and a
-restored run continues identically, on any number of processes.
+Raffel et al. 2020, arXiv:1910.10683; T=1 is proportional, T→∞ uniform), or uniform.
+
+Two ways to use them:
+  * `mixed_dataset` (what `data.mixture` in a config uses): every global batch mixes examples
+    of all datasets in the given proportions (grain's `MapDataset.mix` over per-dataset
+    shuffled, endlessly repeated streams). Each example carries every task's label, -1 where
+    its dataset has none, so one jitted step computes every task's loss on its own examples —
+    which gradient aggregators need. The stream is a function of the seed and the position,
+    so the iterator state is the step.
+  * `TaskMixture`: one dataset per step, the task of step `s` drawn from
+    `numpy.random.default_rng([seed, s])` (for loops that alternate tasks).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import grain
 import numpy as np
 
 MODES = ("proportional", "temperature", "uniform")
@@ -85,3 +93,45 @@ class TaskMixture(Iterator[tuple[str, Any]]):
     for name, it in self._iterators.items():
       it.set_state(state["tasks"][name])
     self._step = int(state["step"])
+
+
+def example_transform(member: Any, mixture: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+  """Raw example of dataset `member` (a DataSpec) -> the mixture's example layout.
+
+  Output: {"inputs": float32 [*input_shape] (scaled like the member's inputs),
+  "label_<task>": int64 for every task of `mixture` (-1 for tasks of other datasets)}.
+  """
+  from jaxmtl.tasks import short_name  # Local import: tasks imports this package lazily.
+  prefix = short_name(member.name)
+  own = {}
+  for t in member.tasks:
+    name = prefix if len(member.tasks) == 1 else f"{prefix}_{t.name}"
+    own[f"label_{name}"] = t.label_key
+  keys = [t.label_key for t in mixture.tasks]
+  scale = member.input_scale
+
+  def transform(example: dict[str, Any]) -> dict[str, Any]:
+    x = np.asarray(example[member.input_key], np.float32)
+    out = {mixture.input_key: x * np.float32(scale) if scale is not None else x}
+    for key in keys:
+      out[key] = np.int64(example[own[key]]) if key in own else np.int64(-1)
+    return out
+  return transform
+
+
+def mixed_dataset(sources: Sequence[Sequence[Any]], transforms: Sequence[Callable],
+                  probabilities: Sequence[float], seed: int) -> grain.MapDataset:
+  """An endless stream mixing `sources` in `probabilities` (each shuffled with its own seed,
+  reshuffled every epoch, then transformed). Position i is a pure function of (seed, i)."""
+  if not len(sources) == len(transforms) == len(probabilities):
+    raise ValueError("sources, transforms and probabilities must have the same length")
+  streams = [grain.MapDataset.source(src).seed(seed * 1_000_003 + i).shuffle().repeat(None)
+             .map(tf) for i, (src, tf) in enumerate(zip(sources, transforms))]
+  return grain.MapDataset.mix(streams, [float(p) for p in probabilities])
+
+
+def concatenated_dataset(sources: Sequence[Sequence[Any]],
+                         transforms: Sequence[Callable]) -> grain.MapDataset:
+  """Every example of every source once, in order (for exact per-task evaluation)."""
+  return grain.MapDataset.concatenate([grain.MapDataset.source(src).map(tf)
+                                       for src, tf in zip(sources, transforms)])

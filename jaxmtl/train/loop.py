@@ -23,13 +23,13 @@ from jaxmtl import mesh as mesh_lib
 from jaxmtl import observability
 from jaxmtl import tasks as tasks_lib
 from jaxmtl.checkpoint import Checkpointer
-from jaxmtl.data.batches import BatchIterator
-from jaxmtl.data.sources import get_source
+from jaxmtl.data import pipeline
 from jaxmtl.metric_writers import MetricWriter, Throughput, peak_flops_per_device
 from jaxmtl.models import abstract_model, make_model
 from jaxmtl.optim import make_optimizer
 from jaxmtl.train import report
 from jaxmtl.train import state as state_lib
+from jaxmtl.train import warm_start
 from jaxmtl.train.evaluate import make_evaluator
 from jaxmtl.train.combine import make_mtl
 from jaxmtl.train.step import make_eval_step, make_features_fns, make_loss_fn, make_train_step
@@ -55,6 +55,7 @@ class Experiment:
   cfg: config_lib.ExperimentConfig
   mesh: Any
   spec: tasks_lib.DataSpec
+  data: pipeline.RunData
   graphdef: Any
   optimizer: Any
   mtl: Any
@@ -69,13 +70,13 @@ def build(cfg: config_lib.ExperimentConfig, devices=None) -> Experiment:
   """Mesh, data spec, model, optimizer and the train state's abstract shape and shardings."""
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   rules = mesh_lib.rules_for(cfg.mesh)
-  spec = tasks_lib.data_spec(cfg.data.name, cfg.data.data_dir, cfg.data.tasks)
+  data = pipeline.run_data(cfg.data, cfg.seed)
+  spec = data.spec
   outputs = {t.name: t.num_outputs for t in spec.tasks}
   model_fn = lambda rngs: make_model(cfg.model, spec.input_shape, outputs, cfg.mup, rngs)
   graphdef, _, axes, param_rules = abstract_model(cfg.model, spec.input_shape, outputs, cfg.mup)
   optimizer = make_optimizer(cfg.optim, param_rules)
-  steps_per_epoch = max(len(get_source(cfg.data.name, "train", cfg.data.data_dir))
-                        // cfg.data.batch_size, 1)
+  steps_per_epoch = max(data.train_size // cfg.data.batch_size, 1)
   mtl = make_mtl(cfg.mtl, len(spec.tasks), make_loss_fn(graphdef, spec),
                  make_features_fns(graphdef, spec), steps_per_epoch)
   abstract = state_lib.abstract_state(model_fn, optimizer, mtl.init, cfg.seed)
@@ -83,7 +84,7 @@ def build(cfg: config_lib.ExperimentConfig, devices=None) -> Experiment:
   shardings = state_lib.state_shardings(abstract, param_sh, optimizer, mesh)
   if cfg.mesh.strategy != "dp":
     mesh_lib.check_sufficiently_sharded(abstract.params, param_sh, mesh, cfg.mesh)
-  return Experiment(cfg, mesh, spec, graphdef, optimizer, mtl, abstract, shardings,
+  return Experiment(cfg, mesh, spec, data, graphdef, optimizer, mtl, abstract, shardings,
                     model_fn, axes, param_rules)
 
 
@@ -123,10 +124,7 @@ def train(cfg: config_lib.ExperimentConfig, workdir: str | pathlib.Path) -> dict
   plog = observability.ProcessLog(workdir, every=cfg.train.log_every, fingerprints=prints)
   exp = build(cfg)
   tc = cfg.train
-  train_source = get_source(cfg.data.name, "train", cfg.data.data_dir)
-  train_iter = BatchIterator(train_source, global_batch_size=cfg.data.batch_size,
-                             mesh=exp.mesh, seed=cfg.seed if cfg.data.shuffle_buffer_seed is None
-                             else cfg.data.shuffle_buffer_seed)
+  train_iter = pipeline.train_iterator(exp.data, cfg.data.batch_size, exp.mesh)
   ckpt = Checkpointer(workdir / "checkpoints", save_every=tc.checkpoint_every,
                       keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
   restored = ckpt.restore_latest(state_lib.with_shardings(exp.abstract, exp.shardings))
@@ -135,11 +133,11 @@ def train(cfg: config_lib.ExperimentConfig, workdir: str | pathlib.Path) -> dict
     train_iter.set_state(data_state)
   else:
     state = init_state(exp)
+    if tc.init_from:  # fine-tuning: matching parameters from another run or a params file
+      state = _warm_start(state, exp, workdir if is_main else None)
   step_fn = compile_train_step(exp, train_iter.element_spec)
   evaluate = make_evaluator(make_eval_step(exp.graphdef, exp.spec),
-                            exp.spec, get_source(cfg.data.name, cfg.data.eval_split,
-                                                 cfg.data.data_dir),
-                            exp.mesh, cfg.data.eval_batch_size, exp.shardings.params)
+                            exp.spec, exp.data.eval, exp.mesh, cfg.data.eval_batch_size, exp.shardings.params)
   writer = MetricWriter(workdir)
   tokens = cfg.data.batch_size * exp.spec.input_shape[0] if exp.spec.tasks[0].kind == "lm" else 0
   flops = step_flops(exp, train_iter.element_spec)
@@ -195,6 +193,17 @@ def train(cfg: config_lib.ExperimentConfig, workdir: str | pathlib.Path) -> dict
     results["table"] = table
   results["state"] = state
   return results
+
+
+def _warm_start(state: state_lib.TrainState, exp: Experiment,
+                workdir: pathlib.Path | None) -> state_lib.TrainState:
+  """Replaces the fresh params that `train.init_from` provides; writes init_from.json."""
+  tc = exp.cfg.train
+  target = state_lib.with_shardings(exp.abstract, exp.shardings).params
+  values, report = warm_start.load_matching(tc.init_from, target, tc.init_exclude)
+  if workdir is not None:
+    (workdir / "init_from.json").write_text(report.to_json())
+  return state.replace(params=warm_start.apply(state.params, values))
 
 
 def _handle(pending, exp, writer, meter, bar, tc) -> dict[str, float]:
