@@ -47,6 +47,42 @@ def test_interrupted_save_is_never_latest(tmp_path):
   ck.close()
 
 
+_KILLED_WRITER = r"""
+import sys, jax.numpy as jnp
+from jaxmtl.checkpoint import Checkpointer
+ck = Checkpointer(sys.argv[1], save_every=1, keep=5, async_save=True)
+ck.save(1, {"w": jnp.full((8,), 1.0), "big": jnp.zeros((64 << 20,))}, {"step": 1}, force=True)
+ck.wait()
+ck.save(2, {"w": jnp.full((8,), 2.0), "big": jnp.ones((64 << 20,))}, {"step": 2}, force=True)
+print("saving", flush=True)  # the async write of step 2 is now in flight
+import time; time.sleep(60)
+"""
+
+
+def test_sigkill_during_async_save_never_leaves_an_unreadable_latest(tmp_path):
+  """A real SIGKILL while orbax writes step 2 (256 MB) in the background."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)],
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+  assert proc.stdout.readline().strip() == "saving"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait(timeout=30)
+  ck = Checkpointer(tmp_path, save_every=1, keep=5, async_save=False)
+  target = {"w": jax.ShapeDtypeStruct((8,), jnp.float32),
+            "big": jax.ShapeDtypeStruct((64 << 20,), jnp.float32)}
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), target)
+  step, state, data = ck.restore_latest(target)  # whichever step is listed must be whole
+  assert step in (1, 2) and data == {"step": step}
+  np.testing.assert_array_equal(state["w"], np.full((8,), float(step)))
+  assert float(state["big"][-1]) == step - 1
+  ck.close()
+
+
 def test_corrupt_step_names_step_and_falls_back(tmp_path, caplog):
   ck = Checkpointer(tmp_path, save_every=1, keep=5, async_save=False)
   for s in (1, 2, 3):

@@ -25,8 +25,7 @@ import time
 def measure(n: int, strategy: str, steps: int, width: int, batch: int, real: bool) -> dict:
   import jax
   from jaxmtl import config as config_lib
-  from jaxmtl.data.batches import BatchIterator
-  from jaxmtl.data.sources import get_source
+  from jaxmtl.data import pipeline
   from jaxmtl.train import loop
   c = config_lib.default_config()
   c.model.update(name="mlp", width=width, depth=4, activation="relu")
@@ -39,8 +38,7 @@ def measure(n: int, strategy: str, steps: int, width: int, batch: int, real: boo
     raise ValueError(f"asked for {n} devices, have {len(jax.devices())}")
   exp = loop.build(cfg, devices)
   state = loop.init_state(exp)
-  it = BatchIterator(get_source(cfg.data.name, "train", cfg.data.data_dir),
-                     global_batch_size=batch, mesh=exp.mesh, seed=0)
+  it = pipeline.train_iterator(exp.data, batch, exp.mesh)
   t = time.perf_counter()
   step = loop.compile_train_step(exp, it.element_spec).lower(state, it.element_spec).compile()
   compile_s = time.perf_counter() - t

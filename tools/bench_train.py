@@ -26,8 +26,7 @@ from flax import nnx
 
 from jaxmtl import config as config_lib
 from jaxmtl import tasks as tasks_lib
-from jaxmtl.data.batches import BatchIterator
-from jaxmtl.data.sources import get_source
+from jaxmtl.data import pipeline
 from jaxmtl.metric_writers import peak_flops_per_device
 from jaxmtl.train import loop
 
@@ -83,8 +82,7 @@ def bench(case: str, dtype: str, steps: int) -> dict:
   cfg = make_config(case, dtype)
   exp = loop.build(cfg, jax.devices()[:1])
   state = loop.init_state(exp)
-  it = BatchIterator(get_source(cfg.data.name, "train", cfg.data.data_dir),
-                     global_batch_size=cfg.data.batch_size, mesh=exp.mesh, seed=0)
+  it = pipeline.train_iterator(exp.data, cfg.data.batch_size, exp.mesh)
   batch = next(it)
   step = loop.compile_train_step(exp, it.element_spec)
   holder = {"s": state}
