@@ -94,3 +94,23 @@ def test_222_mesh_matches_one_device(data_dir, model):
   np.testing.assert_allclose(l8, l1, rtol=2e-5, atol=2e-5)
   # Adam normalises tiny gradients, so reduction-order noise can reach ~1e-5 in a few entries.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), p8, p1)
+
+
+def test_sharded_init_never_materialises_a_full_array_per_device(data_dir):
+  """XLA's per-device memory for the jitted init: FSDP over 8 devices needs less temporary
+  memory than one full copy of the parameters (a full array per device would need more)."""
+  from jaxmtl.train import state as state_lib
+  sizes = {}
+  for shape, strategy in [((1, 1, 1), "dp"), ((1, 8, 1), "fsdp")]:
+    cfg = tiny_config(data_dir, **{"model.width": 1024, "model.depth": 3, "mesh.shape": shape,
+                                   "mesh.strategy": strategy, "mesh.min_shard_fraction": 1.0})
+    exp = loop.build(cfg, jax.devices()[:int(np.prod(shape))])
+    init = state_lib.make_init(exp.model_fn, exp.optimizer, exp.mtl.init, cfg.seed)
+    with jax.set_mesh(exp.mesh):
+      compiled = jax.jit(lambda: init(exp.shardings.params),
+                         out_shardings=exp.shardings).lower().compile()
+    mem = compiled.memory_analysis()
+    sizes[strategy] = (mem.temp_size_in_bytes, mem.output_size_in_bytes)
+    params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(exp.abstract.params))
+  assert sizes["fsdp"][0] < params_bytes / 1.5
+  assert sizes["fsdp"][1] < sizes["dp"][1] / 3  # params + Adam moments, mostly sharded 8 ways
