@@ -241,10 +241,13 @@ class ExperimentConfig:
 
 
 def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
-  """ConfigDict -> validated ExperimentConfig (the μP optimizer follows `optim.name`)."""
+  """ConfigDict -> validated ExperimentConfig. The μP rules follow the optimizer's name and
+  weight-decay mode (`optim.name`, `optim.weight_decay_mode`): they must agree, and the
+  optimizer is what users set."""
   exp = to_dataclass(ExperimentConfig, cfg)
-  if exp.mup.optimizer != exp.optim.name:
-    exp = dataclasses.replace(exp, mup=dataclasses.replace(exp.mup, optimizer=exp.optim.name))
+  sync = {"optimizer": exp.optim.name, "weight_decay_mode": exp.optim.weight_decay_mode}
+  if any(getattr(exp.mup, k) != v for k, v in sync.items()):
+    exp = dataclasses.replace(exp, mup=dataclasses.replace(exp.mup, **sync))
   return exp
 
 

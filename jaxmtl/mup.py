@@ -113,7 +113,9 @@ class Parametrization:
     zero_readout: zero-init the ``"output"`` role (TP-V Sec. D.2).
     zero_query: zero-init query projections (``rule(..., query=True)``; TP-V Sec. D.2).
     depth_alpha: depth-μP exponent α in the branch multiplier ``(L/L_base)^-α``, 0.5 or 1.
-    base_depth: number of residual blocks of the base model.
+    base_depth: number of residual blocks of the base model; None (default): the model's own
+      depth, so ``"depth_mup"`` equals ``"mup"`` until a base depth is given (as
+      ``ModelConfig.base_width=None`` makes every parametrization equal SP at the model's width).
     weight_decay_mode: ``"coupled" | "decoupled" | "independent"``.
     eps_mode: ``"mup"`` (microsoft/mup: ε unscaled) or ``"everett"`` (ε ∝ gradient scale).
     attn_mode: ``"base"`` (``attn_mult·sqrt(base_d)/d``, equals ``1/sqrt(d)`` at base) or
@@ -128,7 +130,7 @@ class Parametrization:
   zero_readout: bool = False
   zero_query: bool = False
   depth_alpha: float = 1.0
-  base_depth: int = 1
+  base_depth: int | None = None
   weight_decay_mode: str = "decoupled"
   eps_mode: str = "mup"
   attn_mode: str = "base"
@@ -141,8 +143,10 @@ class Parametrization:
     _check(self.attn_mode, ATTN_MODES, "attn_mode")
     if self.depth_alpha not in (0.5, 1.0):
       raise ValueError(f"invalid depth_alpha {self.depth_alpha!r}; valid choices: 0.5, 1.0")
-    if not isinstance(self.base_depth, int) or self.base_depth < 1:
-      raise ValueError(f"base_depth must be a positive int, got {self.base_depth!r}")
+    if self.base_depth is not None and (not isinstance(self.base_depth, int)
+                                        or isinstance(self.base_depth, bool)
+                                        or self.base_depth < 1):
+      raise ValueError(f"base_depth must be None or a positive int, got {self.base_depth!r}")
     if not self.init_std >= 0:
       raise ValueError(f"init_std must be >= 0, got {self.init_std!r}")
 
@@ -208,7 +212,7 @@ class Parametrization:
       if self.eps_mode == "mup":
         eps = m_in if (self.name == "mup_tp5" and role == "output") else 1.0
       if self.name == "depth_mup" and depth is not None:
-        r = depth / self.base_depth
+        r = depth / (self.base_depth or depth)
         a = self.depth_alpha
         lr *= r ** (2 * a - 1) if sgd else r ** (a - 1)
         eps *= r ** -a
@@ -230,12 +234,15 @@ class Parametrization:
       return float(self.attn_mult / math.sqrt(head_dim))
     if self.attn_mode == "mup":
       return float(self.attn_mult / head_dim)
-    return float(self.attn_mult * math.sqrt(base_head_dim) / head_dim)
+    # attn_mult/sqrt(d) * sqrt(d_base/d): exactly SP's value at the base head dim (the same
+    # number written as sqrt(d_base)/d differs from 1/sqrt(d) in the last bit for some d).
+    return float(self.attn_mult / math.sqrt(head_dim) * math.sqrt(base_head_dim / head_dim))
 
   def branch_multiplier(self, depth: int) -> float:
-    """Residual branch multiplier ``(L/L_base)^-α`` for ``"depth_mup"``; 1.0 otherwise."""
+    """Residual branch multiplier ``(L/L_base)^-α`` for ``"depth_mup"``; 1.0 otherwise (and
+    when ``base_depth`` is None: the model is its own base)."""
     _positive(depth, "depth")
-    if self.name != "depth_mup":
+    if self.name != "depth_mup" or self.base_depth is None:
       return 1.0
     return float((depth / self.base_depth) ** -self.depth_alpha)
 

@@ -310,37 +310,90 @@ def optimal_lr(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, Any]:
 
 
 def transfer_summary(lrs: Sequence[float], widths: Sequence[int],
-                     losses: Mapping[int, Sequence[float]]) -> dict[str, Any]:
-  """Optimal lr per width and how far it moves: ``shift = max/min`` of the grid optima
-  (1 = no move; one 2× grid step = 2) and of the interpolated optima."""
+                     losses: Mapping[int, Sequence[float]], base_width: int | None = None
+                     ) -> dict[str, Any]:
+  """Optimal lr per width and how far it moves.
+
+  ``shift_grid`` / ``shift_interp``: ``max/min`` of the grid / interpolated optima over the
+  widths (1 = no move; one 2× grid step = 2). ``regret``: per width, the loss at the lr that is
+  optimal for ``base_width`` (default: the first width) minus the loss at the width's own
+  optimum (what transferring the base lr costs; TP-V Sec. 5). ``edge``: some optimum lies on
+  the grid edge.
+  """
+  base_width = int(widths[0] if base_width is None else base_width)
+  if base_width not in [int(w) for w in widths]:
+    raise ValueError(f"base_width {base_width} is not one of the widths {list(widths)}")
   per = {int(w): optimal_lr(lrs, losses[w]) for w in widths}
   grid = [per[int(w)]["grid"] for w in widths]
   interp = [per[int(w)]["interp"] for w in widths]
+  base = np.asarray(losses[base_width], np.float64)
+  base_i = int(np.argmin(np.where(np.isfinite(base), base, np.inf)))
+  regret = {int(w): float(np.asarray(losses[w], np.float64)[base_i] - per[int(w)]["loss"])
+            for w in widths}
   return {"per_width": per, "shift_grid": float(max(grid) / min(grid)),
-          "shift_interp": float(max(interp) / min(interp))}
+          "shift_interp": float(max(interp) / min(interp)), "regret": regret,
+          "edge": any(per[int(w)]["edge"] for w in widths)}
 
 
-def train_losses(cfg: config_lib.ExperimentConfig) -> list[float]:
-  """Trains ``cfg`` for ``cfg.train.steps`` steps with the library's own pieces
-  (``train.loop.build`` / ``init_state`` / ``compile_train_step``, ``data.BatchIterator``)
-  and returns the train loss of every step (no checkpoints, eval or logging). A diverged run
-  stops early; its remaining losses are inf."""
+def transfer_verdict(summaries: Mapping[str, Mapping[str, Any]], mup_max: float = 2.0,
+                     sp_min: float = 4.0) -> dict[str, Any]:
+  """The μTransfer acceptance test (TP-V Fig. 1): over the swept widths the grid-optimal lr of
+  every μP-type parametrization moves by at most ``mup_max`` (one 2× grid step), while SP's
+  moves by at least ``sp_min``. An optimum on the grid edge makes the verdict fail (the true
+  optimum is unknown: widen the grid). ``summaries``: ``{param: transfer_summary(...)}``."""
+  reasons = []
+  for p, s in summaries.items():
+    if s["edge"]:
+      reasons.append(f"{p}: an optimum is on the edge of the lr grid")
+    if p == "sp" and s["shift_grid"] < sp_min:
+      reasons.append(f"sp: optimum moves {s['shift_grid']:g}x < {sp_min:g}x")
+    if p != "sp" and s["shift_grid"] > mup_max:
+      reasons.append(f"{p}: optimum moves {s['shift_grid']:g}x > {mup_max:g}x")
+  return {"passed": not reasons, "reasons": reasons,
+          "shift_grid": {p: s["shift_grid"] for p, s in summaries.items()},
+          "shift_interp": {p: s["shift_interp"] for p, s in summaries.items()}}
+
+
+def run_batches(cfg: config_lib.ExperimentConfig, steps: int | None = None) -> list[dict]:
+  """The first ``steps`` (default ``cfg.train.steps``) global train batches that a run of
+  ``cfg`` reads: ``data.BatchIterator`` over the train split, shuffled with the run's seed
+  (``data.shuffle_buffer_seed`` or ``seed``), on the run's mesh. Runs of a sweep that differ
+  only in model or optimizer read the same batches, so a sweep reads them once per seed
+  (``train_losses(cfg, batches=...)``) instead of once per run."""
+  from jaxmtl import mesh as mesh_lib
   from jaxmtl.data import BatchIterator, get_source  # Local import: data pulls in TFDS.
-  from jaxmtl.train import loop
-  exp = loop.build(cfg)
   it = BatchIterator(get_source(cfg.data.name, "train", cfg.data.data_dir),
-                     global_batch_size=cfg.data.batch_size, mesh=exp.mesh,
+                     global_batch_size=cfg.data.batch_size, mesh=mesh_lib.make_mesh(cfg.mesh),
                      seed=cfg.seed if cfg.data.shuffle_buffer_seed is None
                      else cfg.data.shuffle_buffer_seed)
+  return [next(it) for _ in range(cfg.train.steps if steps is None else steps)]
+
+
+def train_losses(cfg: config_lib.ExperimentConfig, batches: Sequence[Mapping] | None = None
+                 ) -> list[float]:
+  """Trains ``cfg`` for ``cfg.train.steps`` steps with the library's own pieces
+  (``train.loop.build`` / ``init_state`` / ``compile_train_step``) and returns the train loss
+  of every step (no checkpoints, eval or logging). ``batches``: the run's batches from
+  :func:`run_batches` (at least ``cfg.train.steps``; None: read them here). A diverged run
+  stops early; its remaining losses are inf."""
+  from jaxmtl.train import loop
+  steps = cfg.train.steps
+  if batches is None:
+    batches = run_batches(cfg)
+  if len(batches) < steps:
+    raise ValueError(f"need {steps} batches (train.steps), got {len(batches)}")
+  exp = loop.build(cfg)
   state = loop.init_state(exp)
-  step = loop.compile_train_step(exp, it.element_spec)
+  spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+          for k, v in batches[0].items()}
+  step = loop.compile_train_step(exp, spec)
   pending, out = [], []
-  for t in range(cfg.train.steps):
-    state, metrics = step(state, next(it))
+  for t in range(steps):
+    state, metrics = step(state, batches[t])
     pending.append(metrics["loss"])
-    if len(pending) == 50 or t == cfg.train.steps - 1:
+    if len(pending) == 50 or t == steps - 1:
       out += [float(v) for v in jax.device_get(pending)]
       pending = []
       if not math.isfinite(out[-1]):
-        return out + [math.inf] * (cfg.train.steps - len(out))
+        return out + [math.inf] * (steps - len(out))
   return out

@@ -5,7 +5,7 @@ import pytest
 
 from jaxmtl import config as config_lib
 
-TOOL_BLOCKS = ("sweep",)
+TOOL_BLOCKS = ("sweep", "benchmark")
 CONFIGS = sorted(pathlib.Path(__file__).resolve().parents[1].glob("configs/*.py"))
 
 
@@ -75,3 +75,10 @@ def test_comma_separated_tuple_override():
   exp = config_lib.experiment_config(cd)
   assert exp.data.mixture == ("jaxmtl_a", "jaxmtl_b") and exp.data.tasks == ("x", "y")
   assert exp.data.datasets == ("jaxmtl_a", "jaxmtl_b")
+
+
+def test_mup_follows_the_optimizer_name_and_decay_mode():
+  cd = config_lib.load_config_file("configs/quickstart.py")
+  config_lib.apply_overrides(cd, {"optim.name": "adam", "optim.weight_decay_mode": "independent"})
+  exp = config_lib.experiment_config(cd)
+  assert exp.mup.optimizer == "adam" and exp.mup.weight_decay_mode == "independent"

@@ -49,13 +49,40 @@ def test_transfer_summary_shift():
   assert s["per_width"][512]["grid"] == 2.0 ** -8
 
 
-@pytest.mark.parametrize("arg", ["", "mlp", "lm", "runlocal", "lm_runlocal"])
+def test_transfer_summary_regret_and_edge():
+  lrs = 2.0 ** np.arange(-6, 0)
+  x = np.log2(lrs)
+  losses = {64: (x + 4) ** 2, 256: (x + 2) ** 2 + 1.0}
+  s = mup_tools.transfer_summary(lrs, [64, 256], losses)
+  # The base width's optimum (2^-4) costs width 256 (2^-2 optimal) (-4 + 2)^2 = 4.
+  assert s["regret"] == {64: 0.0, 256: 4.0}
+  assert not s["edge"] and s["shift_grid"] == 4.0
+  assert mup_tools.transfer_summary(lrs, [64], {64: x})["edge"]
+
+
+def test_transfer_verdict():
+  lrs = 2.0 ** np.arange(-10, -2)
+  x = np.log2(lrs)
+  widths = [128, 256, 512, 1024]
+  def summary(optima):
+    return mup_tools.transfer_summary(lrs, widths, {w: (x - o) ** 2 for w, o in zip(widths, optima)})
+  ok = mup_tools.transfer_verdict({"sp": summary([-4, -5, -6, -7]), "mup": summary([-5, -5, -4, -5])})
+  assert ok["passed"] and ok["shift_grid"] == {"sp": 8.0, "mup": 2.0}
+  bad = mup_tools.transfer_verdict({"sp": summary([-4, -4, -5, -5]), "mup": summary([-6, -5, -4, -4])})
+  assert not bad["passed"]
+  assert bad["reasons"] == ["sp: optimum moves 2x < 4x", "mup: optimum moves 4x > 2x"]
+  edge = mup_tools.transfer_verdict({"sp": summary([-4, -5, -6, -10]), "mup": summary([-5] * 4)})
+  assert not edge["passed"] and "edge" in edge["reasons"][0]
+
+
+@pytest.mark.parametrize("arg", ["", "mlp", "mlp_sgd", "lm", "runlocal", "lm_runlocal"])
 def test_config_builds(arg):
   c = _load("configs/mutransfer.py", "mt_cfg").get_config(arg)
   with c.unlocked():
     del c["sweep"]
   cfg = config_lib.experiment_config(c)
-  assert cfg.optim.name == "adam"
+  assert cfg.optim.name == ("sgd" if arg == "mlp_sgd" else "adam")
+  assert cfg.mup.optimizer == cfg.optim.name  # μP rules follow the optimizer
 
 
 def test_config_rejects_unknown_arg():
@@ -67,13 +94,16 @@ def test_micro_sweep_resumes(tmp_path, data_dir):
   c = _load("configs/mutransfer.py", "mt_cfg").get_config("runlocal")
   c.data.data_dir = data_dir
   c.train.steps = 3
-  c.sweep.update(widths=(32,), log2_lrs=(-9, -7, -5), params=("mup",), avg_last=2)
+  c.sweep.update(widths=(32,), log2_lrs=(-9, -7, -5), params=("sp", "mup"), avg_last=2)
   tool = _load("tools/mutransfer.py", "mt_tool")
   out = tool.sweep(c, tmp_path, progress=False)
   files = sorted((tmp_path / "runs").glob("*.json"))
-  assert [f.name for f in files] == ["mup_w32_lr-5_s0.json", "mup_w32_lr-7_s0.json",
-                                     "mup_w32_lr-9_s0.json"]
+  assert [f.name for f in files] == [f"{p}_w32_lr{l}_s0.json" for p in ("mup", "sp")
+                                     for l in (-5, -7, -9)]
+  # At the base width μP is SP: the sweep reuses the SP runs.
+  assert json.loads(files[0].read_text())["same_as"] == "sp_w32_lr-5_s0.json"
   losses = out["params"]["mup"]["losses"]["32"]
+  assert losses == out["params"]["sp"]["losses"]["32"]
   assert all(0 < v < 10 for v in losses)
   assert out["params"]["mup"]["per_width"][32]["grid"] == 2.0 ** [-9, -7, -5][int(np.argmin(losses))]
   # Resume: an existing run file is reused, not recomputed.
@@ -84,3 +114,28 @@ def test_micro_sweep_resumes(tmp_path, data_dir):
   again = tool.sweep(c, tmp_path, progress=False)
   assert again["params"]["mup"]["losses"]["32"][1] == 0.125
   assert (tmp_path / "curves.png").exists() and "| mup | 32 |" in (tmp_path / "results.md").read_text()
+  assert set(again["verdict"]) >= {"passed", "reasons", "shift_grid"}
+  # A run reads the batches of its seed once per sweep (run_batches): the same numbers as a
+  # run that reads its own.
+  run_c = c.copy_and_resolve_references()
+  with run_c.unlocked():
+    del run_c["sweep"]
+  cfg = tool._run_config(run_c, "mup", 32, -5.0, 0, 32)
+  with pytest.raises(ValueError, match="need 3 batches"):
+    mup_tools.train_losses(cfg, mup_tools.run_batches(cfg, 2))
+  np.testing.assert_allclose(np.mean(mup_tools.train_losses(cfg)[-2:]),
+                             out["params"]["mup"]["losses"]["32"][2], rtol=1e-6)
+
+
+def test_same_as_sp_only_where_the_model_is_sp():
+  tool = _load("tools/mutransfer.py", "mt_tool")
+  for arg, over in (("runlocal", {}), ("lm_runlocal", {}), ("lm_runlocal", {"mup.attn_mode": "mup"})):
+    c = _load("configs/mutransfer.py", "mt_cfg").get_config(arg)
+    with c.unlocked():
+      del c["sweep"]
+    config_lib.apply_overrides(c, over)
+    sp = tool._run_config(c, "sp", 32, -8.0, 0, 32)
+    assert tool.same_as_sp(tool._run_config(c, "mup", 32, -8.0, 0, 32), sp) == (not over)
+    assert not tool.same_as_sp(tool._run_config(c, "mup", 64, -8.0, 0, 32),
+                               tool._run_config(c, "sp", 64, -8.0, 0, 32))
+    assert not tool.same_as_sp(tool._run_config(c, "mup", 32, -7.0, 0, 32), sp)

@@ -9,8 +9,9 @@ from typing import Literal
 class ModelConfig:
   """Architecture hyperparameters. Unused fields are ignored by a family.
 
-  `base_width` / `base_depth` are the base shapes for μP (None: the model's own,
-  so every parametrization equals SP at the base shape). Heads keep their count
+  `base_width` is the base width for μP (None: the model's own, so every
+  parametrization equals SP at the base shape); depth-μP's base depth is
+  `mup.base_depth` (None: the model's own depth). Heads keep their count
   as width grows; the head dimension is width // num_heads.
   """
   name: Literal["mlp", "vit", "transformer"] = "mlp"
