@@ -2,8 +2,8 @@
 
 Pure functions: each returns the exact command lines (lists of argv, or script text)
 that `launch/launch.py` prints with `--dry-run` or runs. A sweep (a product of
-`key=v1,v2` overrides, or a config file's `sweep()` list) expands into jobs, one
-workdir per job. Multi-host runs pass `--distributed`: jax.distributed.initialize()
+`key=v1,v2` overrides, or a config file's `sweep()` list) or a model ladder (a config
+file's `ladder()` block, `jaxmtl.scaling.ladder`) expands into jobs, one workdir per job. Multi-host runs pass `--distributed`: jax.distributed.initialize()
 detects SLURM (coordinator = first node of SLURM_JOB_NODELIST, process id =
 SLURM_PROCID) and TPU pods by itself; locally the coordinator is given explicitly.
 """
@@ -44,6 +44,36 @@ def config_sweep(config: str) -> list[dict[str, str]]:
   if not hasattr(module, "sweep"):
     raise ValueError(f"{file} has no sweep(arg) function returning a list of override dicts")
   return [{k: str(v) for k, v in d.items()} for d in module.sweep(arg)]
+
+
+def parse_value(text: Any) -> Any:
+  """'64' -> 64, '1e-3' -> 0.001, '(1, 2)' -> (1, 2), 'true' -> True, 'mup' -> 'mup'
+  (Python literals, true/false, else the string; non-strings pass through)."""
+  import ast
+  if not isinstance(text, str):
+    return text
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def ladder_jobs(config: str, workdir: str, base_overrides: dict[str, str] | None = None,
+                sweep: Sequence[dict[str, str]] | None = None) -> list[tuple[Job, Any]]:
+  """(job, run) per run of the config file's `ladder(arg)` (`jaxmtl.scaling.ladder.expand`):
+  workdir `workdir/<run name>` (e.g. `runs/l/w64_d2_tpp20`), the run's overrides as strings.
+  `base_overrides` (--set) change the base config before the ladder is expanded."""
+  from jaxmtl import config as config_lib
+  from jaxmtl.scaling import ladder as ladder_lib
+  base, spec = ladder_lib.load_ladder(config)
+  if base_overrides:
+    config_lib.apply_overrides(base, {k: parse_value(v) for k, v in base_overrides.items()})
+  runs = ladder_lib.expand(base, spec, sweep)
+  return [((f"{workdir.rstrip('/')}/{r.name}",
+            {**(base_overrides or {}), **{k: str(v) for k, v in r.overrides.items()}}), r)
+          for r in runs]
 
 
 def jobs(workdir: str, overrides: Sequence[dict[str, str]] | None = None) -> list[Job]:

@@ -6,7 +6,9 @@
   python launch/launch.py tpu --name my-v5p --zone us-east5-a --config ... --workdir gs://b/runs/x
 Every launcher takes --dry-run (print the exact commands, run nothing), --set key=value
 (overrides) and --sweep 'optim.lr=1e-3,3e-3 model.width=64,128' or --config-sweep (the config
-file's sweep(arg)): one job, and one workdir, per combination.
+file's sweep(arg)): one job, and one workdir, per combination. --ladder expands the config
+file's ladder(arg) (a scaling-law model ladder, jaxmtl.scaling.ladder) into one job per run,
+WORKDIR/<run name>, each with its ladder_run.json; `local` skips runs already finished.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
   common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   common.add_argument("--sweep", default=None, help="'k=v1,v2 k2=w1,w2' (product)")
   common.add_argument("--config-sweep", action="store_true", help="use the config's sweep(arg)")
+  common.add_argument("--ladder", action="store_true",
+                      help="one job per run of the config's ladder(arg) (crossed with a sweep)")
   common.add_argument("--dry-run", action="store_true", help="print the commands only")
   sub.add_parser("local", parents=[common])
   m = sub.add_parser("multiprocess", parents=[common])
@@ -50,13 +54,16 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _jobs(args) -> list[L.Job]:
+def _jobs(args) -> list[tuple[L.Job, object]]:
+  """(job, ladder run or None) per job."""
   base = dict(kv.split("=", 1) for kv in args.set)
   if args.sweep and args.config_sweep:
     raise SystemExit("error: give --sweep or --config-sweep, not both")
   sweep = L.parse_sweep(args.sweep) if args.sweep else (
       L.config_sweep(args.config) if args.config_sweep else None)
-  return [(w, {**base, **o}) for w, o in L.jobs(args.workdir, sweep)]
+  if args.ladder:
+    return L.ladder_jobs(args.config, args.workdir, base, sweep)
+  return [((w, {**base, **o}), None) for w, o in L.jobs(args.workdir, sweep)]
 
 
 def _free_port() -> int:
@@ -73,7 +80,14 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   rc = 0
-  for i, job in enumerate(jobs):
+  for i, (job, run) in enumerate(jobs):
+    if run is not None:
+      from jaxmtl.scaling import ladder as ladder_lib
+      if args.mode == "local" and ladder_lib.status(job[0], run.steps) == "done":
+        print(f"# {job[0]}: finished, skipped")
+        continue
+      if not args.dry_run:
+        ladder_lib.write_record(job[0], run)  # for ladder.collect, wherever the job runs
     if args.mode == "slurm":
       script = L.slurm_script(args.config, job, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                               job_name=f"jaxmtl-{i}", time=args.time, partition=args.partition,

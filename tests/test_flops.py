@@ -49,3 +49,42 @@ def test_transformer_flops_by_hand():
     FL.transformer_flops_per_token(**{**kw, "n_layers": 0})
   with pytest.raises(ValueError, match="multiple"):
     FL.param_count(n_layers=1, d_model=8, n_heads=4, n_kv_heads=3, d_ff=8, vocab_size=5)
+
+
+# jaxmtl's own transformer: exact parameter count, and the FLOPs XLA's cost analysis reports.
+@pytest.mark.parametrize("width,depth,heads,kv,glu,seq,train", [
+    (64, 2, 4, None, False, 64, True),   # MHA, GELU MLP: train step (grad of the loss)
+    (96, 2, 4, 2, True, 128, False),     # GQA, SwiGLU: forward
+])
+def test_model_counts_match_built_model_and_xla(width, depth, heads, kv, glu, seq, train):
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  from jaxmtl.models import ModelConfig, abstract_model
+  from jaxmtl.mup import Parametrization
+  cfg = ModelConfig(name="transformer", width=width, depth=depth, num_heads=heads,
+                    num_kv_heads=kv, glu=glu, activation="silu" if glu else "gelu")
+  graphdef, params, _, _ = abstract_model(cfg, (seq,), {"lm": 256}, Parametrization())
+  pc = FL.model_param_count(cfg)
+  assert pc.total == sum(x.size for x in jax.tree.leaves(params))
+  assert pc.embedding == params["embed"]["embedding"].size
+  batch = 2
+  tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+
+  def loss(p, x):
+    logits = nnx.merge(graphdef, p)(x)["lm"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, x).mean()
+
+  for training, fn in ((True, jax.grad(loss)),) if train else ((False, loss),):
+    cost = jax.jit(fn).lower(params, tokens).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"] / (batch * seq)
+    full = FL.model_flops_per_token(cfg, seq, causal="none", training=training)
+    half = FL.model_flops_per_token(cfg, seq, causal="half", training=training)
+    # XLA computes the whole masked S x S score matrix, so it matches causal="none" (all
+    # matmuls, backward = 2 x forward) within a few percent; the excess (> 0) is elementwise
+    # work (norms, softmax, GELU, cross-entropy) that a matmul count leaves out.
+    # causal="half" is what a kernel skipping masked blocks needs: (S - 1) / 2 fewer keys.
+    assert 1.0 < xla / full < 1.06, (training, xla, full)
+    saved = (3 if training else 1) * depth * 4 * heads * cfg.head_dim * (seq - 1) / 2
+    assert full - half == pytest.approx(saved)

@@ -53,6 +53,10 @@ def test_chinchilla_bootstrap_seeded(shared_data):
   np.testing.assert_allclose(r1.samples, r2.samples)
   assert r1.samples.shape == (3, 5)
   assert all(np.isfinite(v) and v > 0 for v in r1.stderr.values())
+  # Refitting each replicate from the full-data optimum instead of Hoffmann et al.'s fit.
+  r3 = F.fit_chinchilla(n, d, loss, starts=F.epoch_grid()[::900], n_bootstrap=3, seed=1,
+                        bootstrap_start="fit")
+  assert all(np.isfinite(v) and v > 0 for v in r3.stderr.values())
 
 
 def test_isoflop_on_epoch_data_matches_chinchilla_approach2(shared_data):
@@ -167,3 +171,62 @@ def test_bad_input_messages():
     F.fit_chinchilla([1e8] * 3, [1e9] * 3, [2.0] * 3)
   with pytest.raises(ValueError, match="method"):
     F.fit_chinchilla([1e8] * 8, [1e9] * 8, [2.0] * 8, method="bfgs")
+  with pytest.raises(ValueError, match="bootstrap_start"):
+    F.fit_chinchilla([1e8] * 8, [1e9] * 8, [2.0] * 8, bootstrap_start="grid")
+  with pytest.raises(ValueError, match="optimizer"):
+    F.fit_chinchilla([1e8] * 8, [1e9] * 8, [2.0] * 8, optimizer="adam")
+
+
+def _sweep_rows(shared_data, data):
+  rows = [r for r in csv.DictReader(open(shared_data / "scaling" / "loss-to-loss" / "sweep.csv"))
+          if r["data"] == data]
+  num = lambda k: np.array([float(r[k]) for r in rows])  # noqa: E731
+  return num("params"), num("tokens"), num("val_loss")
+
+
+@pytest.mark.parametrize("data,kaplan", [("starcoder", False), ("proof-pile-2", True)])
+def test_loss_to_loss_scaling_fits_reproduce_opt_params(shared_data, data, kaplan):
+  # Brandfonbrener et al. 2024 (arXiv 2411.12925) fit each pretraining set's val loss with the
+  # Chinchilla form (kaplan=False) or Kaplan's with an offset (kaplan=True) from 16 starts,
+  # mean Huber (delta 1e-3) on log loss; their E's are the offsets of the loss-to-loss law.
+  ref = next(r for r in csv.DictReader(open(shared_data / "scaling" / "loss-to-loss" /
+                                            "opt_params_data.csv"))
+             if r["data"] == data and r["loss_name"] == "val_loss"
+             and r["kaplan"] == str(kaplan))
+  n, d, loss = _sweep_rows(shared_data, data)
+  grid = F.loss_to_loss_grid()
+  if kaplan:
+    res = F.fit_kaplan(loss, n=n, d=d, form="nd_offset", starts=grid[:, [0, 1, 3, 4, 2]],
+                       reduce="mean", optimizer="BFGS")
+    got = [res[k] for k in ("N_c", "D_c", "E", "alpha_N", "alpha_D")]
+    pred = laws.kaplan_nd(*_extrapolation(shared_data, data)[:2], *got[:2], *got[3:], got[2])
+  else:
+    res = F.fit_chinchilla(n, d, loss, starts=grid, reduce="mean", optimizer="BFGS")
+    got = [res[k] for k in ("A", "B", "E", "alpha", "beta")]
+    pred = laws.chinchilla(*_extrapolation(shared_data, data)[:2], *got)
+  for k, g in zip(("A", "B", "E", "alpha", "beta"), got):
+    assert _sig3(g, float(ref[k])), (k, g, ref[k])
+  assert res.objective == pytest.approx(float(ref["loss"]), rel=1e-4)
+  # ... and predict their held-out 3.3B model (1e21 FLOPs) as they did.
+  assert pred == pytest.approx(float(ref["extrap_pred"]), rel=1e-4)
+  assert _extrapolation(shared_data, data)[2] == pytest.approx(float(ref["extrap_loss"]))
+
+
+def _extrapolation(shared_data, data):
+  r = next(r for r in csv.DictReader(open(shared_data / "scaling" / "loss-to-loss" /
+                                          "extrapolation.csv")) if r["data"] == data)
+  return float(r["params"]), float(r["tokens"]), float(r["val_loss"])
+
+
+def test_mean_reduction_has_the_sum_minimiser():
+  # "mean" used to stop early (scipy's absolute tolerances at objectives << 1).
+  rng = np.random.default_rng(3)
+  n = np.exp(rng.uniform(np.log(1e7), np.log(1e9), 30))
+  d = np.exp(rng.uniform(np.log(1e9), np.log(1e11), 30))
+  loss = laws.chinchilla(n, d, A=300.0, B=900.0, E=1.9, alpha=0.33, beta=0.3)
+  loss = loss * np.exp(rng.normal(0, 1e-3, 30))
+  starts = F.epoch_grid()[::450]
+  s, m = (F.fit_chinchilla(n, d, loss, starts=starts, reduce=r) for r in ("sum", "mean"))
+  for k in s.params:
+    assert m[k] == pytest.approx(s[k], rel=1e-6)
+  assert m.objective == pytest.approx(s.objective / 30)

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from jaxmtl.data.builders import EMBEDDED_BUILDERS
 from jaxmtl.data.builders import bytes as bytes_lib
+from jaxmtl.data.builders import suite as suite_lib
 
 DATA_DIR_ENV = "JAXMTL_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/jaxmtl/tfds"
@@ -53,6 +54,14 @@ _INFOS = (
                  "byte windows of CPython's pydoc topics (seq_len=128 shown; sizes vary with "
                  "seq_len and the Python version); inputs tokens[:-1], targets tokens[1:]"),
 )
+# The merging task suite (builders/suite.py, docs/merging.md): one dataset per task, whose task
+# is named like its data.mixture head ("suite_<task>").
+_INFOS += tuple(
+    EmbeddedInfo(suite_lib.dataset_name(t.name),
+                 {"image": (suite_lib.SHAPE, "uint8"), "label": ((), "int64")},
+                 dict(zip(("train", "test"), t.sizes)), {f"suite_{t.name}": "label"},
+                 t.description)
+    for t in suite_lib.TASKS)
 _INFO_BY_NAME = {info.name: info for info in _INFOS}
 
 
@@ -72,8 +81,33 @@ def _unknown_embedded(name: str) -> ValueError:
                     f"{', '.join(EMBEDDED_BUILDERS)}.{hint}")
 
 
+def split_config(name: str) -> tuple[str, str | None]:
+  """'jaxmtl_bytes/stdlib_seq128' -> ('jaxmtl_bytes', 'stdlib_seq128'); 'x' -> ('x', None)."""
+  base, sep, config = name.partition("/")
+  return base, (config if sep else None)
+
+
+def is_embedded(name: str) -> bool:
+  """An embedded dataset's name, with or without a '/config' suffix (TFDS's syntax)."""
+  return split_config(name)[0] in EMBEDDED_BUILDERS
+
+
+def _bytes_info(config: str) -> EmbeddedInfo:
+  cfg = bytes_lib.parse_config_name(config)
+  sizes = {k: max((len(v) - 1) // cfg.seq_len, 0)  # = len(bytes_lib.windows(v, seq_len))
+           for k, v in bytes_lib.corpus_splits(cfg.corpus).items()}
+  return EmbeddedInfo(f"jaxmtl_bytes/{config}", {"tokens": ((cfg.seq_len + 1,), "uint8")},
+                      sizes, {"lm": "tokens"},
+                      f"byte windows ({cfg.seq_len} + 1) of the {cfg.corpus} corpus")
+
+
 def dataset_info(name: str) -> EmbeddedInfo:
-  """Features, split sizes and tasks of an embedded dataset; ValueError lists valid names."""
+  """Features, split sizes and tasks of an embedded dataset; ValueError lists valid names.
+
+  `jaxmtl_bytes/<config>` (e.g. `stdlib_seq128`, `seq64`) describes that builder config."""
+  base, config = split_config(name)
+  if base == "jaxmtl_bytes" and config is not None:
+    return _bytes_info(config)
   if name not in _INFO_BY_NAME:
     raise _unknown_embedded(name)
   return _INFO_BY_NAME[name]
@@ -92,12 +126,15 @@ def get_builder(name: str, data_dir: str | None = None, **builder_kwargs: Any):
   FileNotFoundError at once, saying how to prepare them on a machine with network access.
   """
   data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
-  if name in EMBEDDED_BUILDERS:
-    builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record",
+  base, config = split_config(name)
+  if base in EMBEDDED_BUILDERS:
+    if config is not None:  # 'jaxmtl_bytes/stdlib_seq128': a builder config by name
+      builder_kwargs = {**builder_kwargs, "config": config}
+    builder = EMBEDDED_BUILDERS[base](data_dir=data_dir, file_format="array_record",
                                       **builder_kwargs)
     if not builder.is_prepared():
       builder.download_and_prepare()
-    if name == "jaxmtl_bytes":
+    if base == "jaxmtl_bytes":
       bytes_lib.check_corpus(builder)
     return builder
   if _is_embedded_typo(name):

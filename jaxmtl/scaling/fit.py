@@ -188,6 +188,16 @@ def epoch_grid() -> np.ndarray:
   return grid[:, [3, 4, 2, 0, 1]]
 
 
+def loss_to_loss_grid() -> np.ndarray:
+  """Brandfonbrener et al.'s 16 initialisations (KempnerInstitute/loss-to-loss-notebooks,
+  `curve_fitting.py`), shape [16, 5], columns (a, b, e, alpha, beta): a, b in {5, 10, 15, 20},
+  e = 0.5, alpha = beta = 0.4. Also the starts of their Kaplan form (`fit_kaplan`,
+  form="nd_offset": log N_c, log D_c, alpha_N, alpha_D, log E in the same columns)."""
+  ab = np.arange(5.0, 25.0, 5.0)
+  grid = np.array(list(itertools.product(ab, ab)), dtype=np.float64)
+  return np.concatenate([grid, np.tile([0.5, 0.4, 0.4], (len(grid), 1))], axis=1)
+
+
 def epoch_outlier_mask(loss: Any, n_excluded: int = 5) -> np.ndarray:
   """Epoch's filter: keep points with loss < the n_excluded-th highest loss. [M] -> bool [M]."""
   loss = np.asarray(loss, dtype=np.float64)
@@ -226,9 +236,15 @@ def _chin_natural(x: np.ndarray) -> np.ndarray:
   return np.concatenate([np.exp(x[:3]), x[3:5]])
 
 
+def _check_optimizer(optimizer: str) -> None:
+  if optimizer not in ("L-BFGS-B", "BFGS"):
+    raise ValueError(f"optimizer must be 'L-BFGS-B' (Epoch) or 'BFGS', got {optimizer!r}")
+
+
 def fit_chinchilla(n: Any, d: Any, loss: Any, *, method: str = "huber",
                    starts: np.ndarray | None = None, delta: float = 1e-3,
-                   reduce: str = "sum", n_bootstrap: int = 0, seed: int = 0) -> FitResult:
+                   reduce: str = "sum", optimizer: str = "L-BFGS-B", n_bootstrap: int = 0,
+                   seed: int = 0, bootstrap_start: str = "hoffmann") -> FitResult:
   """Fit L(N, D) = E + A/N^alpha + B/D^beta as Epoch AI did (arXiv 2404.10102).
 
   Args:
@@ -238,10 +254,21 @@ def fit_chinchilla(n: Any, d: Any, loss: Any, *, method: str = "huber",
       scale, BFGS from `HOFFMANN_PARAMS` and log-scale 0).
     starts: initialisations [S, 5] in (a, b, e, alpha, beta); default `epoch_grid()`
       (ignored for "mle").
-    delta: Huber delta (Epoch: 1e-3). reduce: "sum" (Epoch) or "mean" over points.
+    delta: Huber delta (Epoch: 1e-3). reduce: "sum" (Epoch) or "mean" (Brandfonbrener et
+      al.) over points: the same minimiser, so the optimiser always sees the sum (scipy's
+      stopping tolerances are absolute below 1 and stopped "mean" fits early) and only the
+      reported objective is divided by the number of points.
+    optimizer: the "huber" fit's scipy method: "L-BFGS-B" (Epoch; best run scipy reports
+      as successful) or "BFGS" (best objective of all starts, successful or not: scipy
+      flags precision loss at the ~1e-6 objectives of good fits; with `loss_to_loss_grid()`
+      and reduce="mean" this reproduces Brandfonbrener et al.'s opt_params_data.csv).
     n_bootstrap, seed: bootstrap replicates (resampling points with replacement; as Epoch,
       each "huber" replicate is one BFGS run from `HOFFMANN_PARAMS`, each "mle" replicate
       starts from the full-data optimum) and their seed.
+    bootstrap_start: where each "huber" replicate's BFGS starts: "hoffmann" (Epoch's choice,
+      natural for LLM-scale data) or "fit" (the full-data optimum: for data far from
+      Hoffmann et al.'s regime, e.g. a small CPU ladder, starting at their fit lands
+      replicates in poor local minima and inflates the standard errors).
   Returns:
     FitResult with params A, B, E, alpha, beta (and sigma for "mle").
   """
@@ -249,18 +276,26 @@ def fit_chinchilla(n: Any, d: Any, loss: Any, *, method: str = "huber",
   m = _same_len(N=n, D=d, loss=loss)
   _need(m, 6, "chinchilla")
   _check_reduce(reduce)
+  if bootstrap_start not in ("hoffmann", "fit"):
+    raise ValueError(f"bootstrap_start must be 'hoffmann' (Epoch) or 'fit', got "
+                     f"{bootstrap_start!r}")
   ln, ld, ll = np.log(n), np.log(d), np.log(loss)
   if method == "huber":
     starts = epoch_grid() if starts is None else np.asarray(starts, np.float64)
     if starts.ndim != 2 or starts.shape[1] != 5:
       raise ValueError(f"starts must have shape [S, 5] (a, b, e, alpha, beta), got "
                        f"{starts.shape}")
-    flag = 1.0 if reduce == "sum" else 0.0
-    x, fun = _minimize(_chin_huber, starts, (ln, ld, ll, delta, flag))
+    _check_optimizer(optimizer)
+    flag = 1.0  # minimise the sum; "mean" only rescales the reported objective
+    x, fun = _minimize(_chin_huber, starts, (ln, ld, ll, delta, flag), method=optimizer,
+                       require_success=optimizer == "L-BFGS-B")
+    fun = fun / m if reduce == "mean" else fun
     names = _CHIN_NAMES
 
+    start = np.array(HOFFMANN_PARAMS) if bootstrap_start == "hoffmann" else x
+
     def once(idx):  # Epoch's bootstrap: BFGS from Hoffmann et al.'s fit on each resample
-      xb, _ = _minimize(_chin_huber, np.array(HOFFMANN_PARAMS)[None],
+      xb, _ = _minimize(_chin_huber, start[None],
                         (ln[idx], ld[idx], ll[idx], delta, flag), method="BFGS",
                         require_success=False)
       return _chin_natural(xb)
@@ -303,7 +338,7 @@ def _kaplan_log_pred(p, ln, ld, form):
 
 def fit_kaplan(loss: Any, *, n: Any = None, d: Any = None, form: str = "nd",
                starts: np.ndarray | None = None, delta: float = 1e-3, reduce: str = "sum",
-               n_bootstrap: int = 0, seed: int = 0) -> FitResult:
+               optimizer: str = "L-BFGS-B", n_bootstrap: int = 0, seed: int = 0) -> FitResult:
   """Fit Kaplan et al.'s forms (arXiv 2001.08361) by Huber loss on log-loss, multi-start.
 
   Args:
@@ -311,6 +346,7 @@ def fit_kaplan(loss: Any, *, n: Any = None, d: Any = None, form: str = "nd",
     form: "n" -> L = (N_c/N)^alpha_N; "d" -> L = (D_c/D)^alpha_D; "nd" -> eq. 1.5;
       "nd_offset" -> eq. 1.5 + E, the loss-to-loss paper's kaplan=True form (arXiv 2411.12925).
     starts: [S, k] in log-parameters (log N_c, log D_c, alpha_N, alpha_D[, log E]).
+    reduce, optimizer: as `fit_chinchilla` (the sum is minimised either way).
   Returns:
     FitResult with N_c / D_c / alpha_N / alpha_D (and E).
   """
@@ -337,11 +373,10 @@ def fit_kaplan(loss: Any, *, n: Any = None, d: Any = None, form: str = "nd",
         grid.append([-1.0, 0.0, 1.0])
       starts = np.array(list(itertools.product(*grid)))
   starts = np.asarray(starts, np.float64)
-  flag = 1.0 if reduce == "sum" else 0.0
+  _check_optimizer(optimizer)
 
   def obj(p, ln, ld, ll):
-    h = _huber(_kaplan_log_pred(p, ln, ld, form) - ll, delta)
-    return jnp.where(flag > 0, jnp.sum(h), jnp.mean(h))
+    return jnp.sum(_huber(_kaplan_log_pred(p, ln, ld, form) - ll, delta))
 
   def natural(x):
     x = np.array(x, dtype=np.float64)
@@ -351,9 +386,11 @@ def fit_kaplan(loss: Any, *, n: Any = None, d: Any = None, form: str = "nd",
       x[4] = np.exp(x[4])
     return x
 
-  x, fun = _minimize(obj, starts, (ln, ld, ll))
+  x, fun = _minimize(obj, starts, (ln, ld, ll), method=optimizer,
+                     require_success=optimizer == "L-BFGS-B")
+  fun = fun / m if reduce == "mean" else fun
   samples = _bootstrap(lambda i: natural(_minimize(obj, x[None], (ln[i], ld[i], ll[i]),
-                                                   require_success=False)[0]),
+                                                   method=optimizer, require_success=False)[0]),
                        m, n_bootstrap, seed)
   return FitResult(f"kaplan_{form}", dict(zip(names, map(float, natural(x)))),
                    _stderr(names, samples), fun, m, n_bootstrap, seed, samples)
@@ -477,7 +514,8 @@ def fit_isoflop(n: Any, loss: Any, flops: Any, *, budgets: Any = None, rtol: flo
     n, loss, flops: [M] each, > 0.
     budgets: optional integer budget label per point [M]; default `group_budgets(flops, rtol)`.
   Returns:
-    FitResult with params a, k_N, b, k_D; extra["optima"] is [B, 4] (C, N*, D*, L*).
+    FitResult with params a, k_N, b, k_D; extra["optima"] is [B, 4] (C, N*, D*, L*),
+    extra["parabolas"] [B, 6] (C, p2, p1, p0, min log N, max log N) of the kept budgets.
     Bootstrap resamples points within each budget.
   """
   n, loss, c = (_as_positive(k, v) for k, v in (("N", n), ("loss", loss), ("C", flops)))
@@ -487,7 +525,7 @@ def fit_isoflop(n: Any, loss: Any, flops: Any, *, budgets: Any = None, rtol: flo
     raise ValueError(f"budgets must have shape [{m}], got {labels.shape}")
   groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
 
-  def optima(groups_idx):
+  def optima(groups_idx, parabolas=None):
     rows = []
     for g in groups_idx:
       if len(g) < min_points:
@@ -500,6 +538,8 @@ def fit_isoflop(n: Any, loss: Any, flops: Any, *, budgets: Any = None, rtol: flo
       cc = float(np.exp(np.mean(np.log(c[g]))))
       nn = float(np.exp(ln_star))
       rows.append((cc, nn, cc / (6 * nn), float(p0 - p1 ** 2 / (4 * p2))))
+      if parabolas is not None:
+        parabolas.append((cc, p2, p1, p0, lnn.min(), lnn.max()))
     return np.array(rows, dtype=np.float64).reshape(-1, 4)
 
   def params_of(opt):
@@ -510,7 +550,8 @@ def fit_isoflop(n: Any, loss: Any, flops: Any, *, budgets: Any = None, rtol: flo
     cb, cd = _wls_loglog(np.log(opt[:, 0]), np.log(opt[:, 2]), None)
     return np.array([ca, np.exp(cn), cb, np.exp(cd)])
 
-  opt = optima(groups)
+  parabolas: list = []
+  opt = optima(groups, parabolas)
   params = params_of(opt)
   rng = np.random.default_rng(seed)
   if n_bootstrap < 0:
@@ -525,7 +566,8 @@ def fit_isoflop(n: Any, loss: Any, flops: Any, *, budgets: Any = None, rtol: flo
   samples = np.asarray(samples, np.float64).reshape(-1, 4)
   names = ("a", "k_N", "b", "k_D")
   return FitResult("isoflop", dict(zip(names, map(float, params))), _stderr(names, samples),
-                   0.0, m, n_bootstrap, seed, samples, {"optima": opt})
+                   0.0, m, n_bootstrap, seed, samples,
+                   {"optima": opt, "parabolas": np.array(parabolas, np.float64).reshape(-1, 6)})
 
 
 # ----------------------------------------------------------------------------- loss-to-loss

@@ -16,6 +16,11 @@ The model is described by plain keyword arguments (no config object). Three FLOP
   4 N_total + 8 n_layers d_model seq_len, where N_nonemb excludes only the input embedding and
   N_total includes it. Reproduces final.json exactly (see tests/test_flops.py).
 
+`model_param_count(cfg)` / `model_flops_per_token(cfg, seq_len)` apply these to jaxmtl's own
+`TransformerLM` from its `ModelConfig` (exact: tests/test_flops.py checks the built model's
+leaves and XLA's cost analysis, which counts the full masked attention matrix, i.e.
+causal="none", plus 2-5 % elementwise work).
+
 Parameter counting follows OLMo's blocks: q/k/v/o projections without bias, an MLP of
 (2 if glu else 1) * d_ff input projection plus d_ff output projection, `norms_per_layer`
 weight vectors of size d_model per block (OLMo-2 with QK-norm: 4, for q_norm/k_norm sized
@@ -25,6 +30,7 @@ output head of vocab_size x d_model.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,22 +72,57 @@ def param_count(*, n_layers: int, d_model: int, n_heads: int, d_ff: int, vocab_s
                 n_kv_heads: int | None = None, head_dim: int | None = None,
                 glu: bool = True, tied_embeddings: bool = False,
                 norms_per_layer: int = 2, qk_norm: bool = False,
-                final_norm: bool = True) -> ParamCount:
-  """Count parameters of a decoder-only transformer (no biases).
+                final_norm: bool = True, norm_bias: bool = False, mlp_bias: bool = False,
+                head_bias: bool = False) -> ParamCount:
+  """Count parameters of a decoder-only transformer (no biases unless asked for).
 
   d_ff is the hidden width of the MLP (per GLU branch). qk_norm adds RMSNorm weights of size
-  n_heads*head_dim (q) and n_kv_heads*head_dim (k) per layer, as OLMo-2.
+  n_heads*head_dim (q) and n_kv_heads*head_dim (k) per layer, as OLMo-2. norm_bias: every norm
+  (the `norms_per_layer` ones and the final one) also has a bias (LayerNorm); mlp_bias: the MLP
+  projections have biases ((2 if glu else 1) * d_ff + d_model per layer); head_bias: the
+  untied LM head has a vocab_size bias.
   """
   _check(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
          vocab_size=vocab_size)
   hd, kv = _dims(d_model, n_heads, n_kv_heads, head_dim)
   attn = d_model * n_heads * hd * 2 + d_model * kv * hd * 2
   mlp = d_model * d_ff * (3 if glu else 2)
-  norms = norms_per_layer * d_model + ((n_heads + kv) * hd if qk_norm else 0)
+  if mlp_bias:
+    mlp += d_ff * (2 if glu else 1) + d_model
+  vectors = 2 if norm_bias else 1
+  norms = vectors * norms_per_layer * d_model + ((n_heads + kv) * hd if qk_norm else 0)
   emb = vocab_size * d_model
-  return ParamCount(embedding=emb, head=0 if tied_embeddings else emb,
-                    blocks=n_layers * (attn + mlp + norms),
-                    final_norm=d_model if final_norm else 0)
+  head = 0 if tied_embeddings else emb + (vocab_size if head_bias else 0)
+  return ParamCount(embedding=emb, head=head, blocks=n_layers * (attn + mlp + norms),
+                    final_norm=vectors * d_model if final_norm else 0)
+
+
+def model_param_count(model: Any) -> ParamCount:
+  """Exact parameter count of jaxmtl's own `TransformerLM` (one LM head) from its config.
+
+  `model` is a `jaxmtl.models.ModelConfig` (or anything with its fields): pre-norm blocks with
+  two norms (LayerNorm: gain + bias; RMSNorm: gain), bias-free q/k/v/o, MLP projections with
+  biases, a final norm, an input embedding and an untied head Dense with bias
+  (tests/test_flops.py checks it against the leaves of the built model).
+  """
+  if getattr(model, "name", "transformer") != "transformer":
+    raise ValueError(f"model_param_count counts the 'transformer' family, got {model.name!r}")
+  return param_count(n_layers=model.depth, d_model=model.width, n_heads=model.num_heads,
+                     n_kv_heads=model.num_kv_heads, d_ff=int(model.width * model.mlp_ratio),
+                     vocab_size=model.vocab_size, glu=model.glu, norms_per_layer=2,
+                     norm_bias=model.norm == "layernorm", mlp_bias=True, head_bias=True)
+
+
+def model_flops_per_token(model: Any, seq_len: int, **kw: Any) -> float:
+  """`transformer_flops_per_token` of jaxmtl's `TransformerLM` with config `model` at
+  `seq_len` (keyword options such as causal=, training= pass through)."""
+  if getattr(model, "name", "transformer") != "transformer":
+    raise ValueError(f"model_flops_per_token counts the 'transformer' family, got "
+                     f"{model.name!r}")
+  return transformer_flops_per_token(
+      n_layers=model.depth, d_model=model.width, n_heads=model.num_heads,
+      n_kv_heads=model.num_kv_heads, d_ff=int(model.width * model.mlp_ratio),
+      vocab_size=model.vocab_size, seq_len=seq_len, glu=model.glu, **kw)
 
 
 def six_n(non_embedding_params: int) -> int:

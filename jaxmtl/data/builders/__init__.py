@@ -14,6 +14,9 @@ EMBEDDED_BUILDERS = {
     "jaxmtl_mnist1d": JaxmtlMnist1d,
     "jaxmtl_bytes": JaxmtlBytes,
 }
+# The merging task suite (builders/suite.py, docs/merging.md): jaxmtl_suite_<task>, one per task.
+from jaxmtl.data.builders import suite  # noqa: E402
+EMBEDDED_BUILDERS.update(suite.BUILDERS)
 
 __all__ = ["BytesConfig", "EMBEDDED_BUILDERS", "JaxmtlBytes", "JaxmtlDigits", "JaxmtlMnist1d",
            "JaxmtlMultidigits"]
