@@ -289,3 +289,25 @@ def test_mixture_deterministic_and_checkpointable(digits_train, mesh, data_dir):
     np.testing.assert_array_equal(np.asarray(x["image"]), np.asarray(y["image"]))
   counts = [mixture.task_for_step(probs, 0, s) for s in range(4000)].count("multi") / 4000
   assert counts == pytest.approx(probs["multi"], abs=0.03)
+
+
+def test_bulk_reads_give_the_same_batches_as_per_example_reads(digits_train, mesh):
+  class PerExample:  # the same source without __getitems__
+    def __init__(self, base):
+      self.base = base
+
+    def __len__(self):
+      return len(self.base)
+
+    def __getitem__(self, i):
+      return self.base[i]
+
+  for kw in ({}, {"num_epochs": 2, "drop_remainder": False, "shuffle": False}):
+    bulk = batches.BatchIterator(digits_train, global_batch_size=96, mesh=mesh, seed=3, **kw)
+    each = batches.BatchIterator(PerExample(digits_train), global_batch_size=96, mesh=mesh, seed=3, **kw)
+    for step in (0, 1, 14, 15, 29):
+      a, b = bulk.local_batch(step), each.local_batch(step)
+      assert a.keys() == b.keys()
+      for k in a:
+        assert a[k].dtype == b[k].dtype
+        np.testing.assert_array_equal(a[k], b[k])

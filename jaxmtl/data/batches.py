@@ -92,12 +92,19 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
     self._sharding = NamedSharding(mesh, PartitionSpec(axes))
     self._seed, self._shuffle, self._num_epochs = int(seed), bool(shuffle), num_epochs
     self._drop_remainder = drop_remainder
-    ds = as_dataset(source)
+    # A random-access source with a bulk read (TFDS's ArrayRecord source): run the pipeline
+    # over example *indices* and read each local batch with one `__getitems__` call, which is
+    # ~3x faster than grain's per-example reads; the order is identical (shuffle permutes
+    # indices either way).
+    self._bulk = (source if not isinstance(source, grain.MapDataset)
+                  and hasattr(source, "__getitems__") else None)
+    self._transform = transform
+    ds = grain.MapDataset.range(len(source)) if self._bulk is not None else as_dataset(source)
     if shuffle:
       ds = ds.seed(self._seed).shuffle()
     if num_epochs is not None or len(ds) < sys.maxsize:  # an endless stream stays as it is
       ds = ds.repeat(num_epochs)
-    if transform is not None:
+    if transform is not None and self._bulk is None:
       ds = ds.map(transform)
     if num_epochs is None:
       self._num_batches = None
@@ -107,7 +114,7 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
     else:
       self._num_batches = -(-len(ds) // global_batch_size)
     self._local = ds.batch(self._local_size, drop_remainder=False)
-    self._template = self._local[0]
+    self._template = self._read(0)
     if not drop_remainder and MASK_KEY in self._template:
       raise ValueError(f"Examples already have a {MASK_KEY!r} key; it is reserved for padding.")
     self._step = 0
@@ -120,10 +127,19 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
   def local_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `step`, as numpy arrays."""
     k = step * self._process_count + self._process_index
-    batch = self._local[k] if k < len(self._local) else None
+    batch = self._read(k) if k < len(self._local) else None
     if self._drop_remainder:
       return batch
     return _pad(batch, self._template, self._local_size)
+
+  def _read(self, k: int) -> dict[str, np.ndarray]:
+    """Local batch `k` of the stream as {key: [rows, ...]}."""
+    if self._bulk is None:
+      return self._local[k]
+    rows = self._bulk.__getitems__([int(i) for i in self._local[k]])
+    if self._transform is not None:
+      rows = [self._transform(r) for r in rows]
+    return {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
 
   def _global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {
