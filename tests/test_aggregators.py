@@ -122,6 +122,30 @@ def test_non_conflicting_methods_do_not_conflict(j):
 
 @_SETTINGS
 @hypothesis.given(_J)
+def test_nash_mtl_is_the_bargaining_point_and_does_not_conflict(j):
+  j = jnp.asarray(j) + 2.0 * jnp.eye(3, 6)  # full rank, as Nash-MTL's guarantee needs
+  fro = float(jnp.linalg.norm(A.gramian(j)))
+  for agg in (A.NashMTL(max_norm=0.0), A.NashMTL(max_norm=1.0)):
+    update, weights, _ = agg(j, state=agg.init(3))
+    if agg.max_norm == 0.0:
+      # (G / ||G||_F + reg I) a' = 1 / a'  <=>  J d = G a = 1 / a - reg ||G||_F a, a > 0.
+      np.testing.assert_allclose(j @ update, 1.0 / weights - agg.reg_eps * fro * weights,
+                                 rtol=2e-3, atol=1e-5)
+    assert float(jnp.min(weights)) > 0
+    assert float(jnp.min(j @ update)) > 0, agg  # clipping rescales, keeps the direction
+
+
+@_SETTINGS
+@hypothesis.given(hnp.arrays(np.float32, (2, 6), elements=st.floats(-3, 3, width=32)))
+def test_pcgrad_two_tasks_does_not_conflict(j):
+  """For two tasks g_i . (g_1^PC + g_2^PC) = ||g_i||^2 - (g_1.g_2)^2 / ||g_j||^2 >= 0."""
+  j = jnp.asarray(j)
+  update, _, _ = A.PCGrad()(j, key=KEY)
+  assert float(jnp.min(j @ update)) >= -1e-4 * (float(jnp.sum(j * j)) + 1e-6)
+
+
+@_SETTINGS
+@hypothesis.given(_J)
 def test_mean_is_average_and_pytree_path_matches_matrix_path(j):
   j = jnp.asarray(j)
   update, _, _ = A.Mean()(j)

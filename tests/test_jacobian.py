@@ -48,6 +48,8 @@ def test_jacobian_matches_jacrev_and_chunking():
     _, jac_c, _ = jax.jit(lambda p, b, c=c: jm.task_jacobian(_loss_fn, p, b, chunk_size=c))(
       params, batch)
     _close(jac_c, jac)
+  _, jac_u, _ = jax.jit(lambda p, b: jm.task_jacobian(_loss_fn, p, b, unroll=True))(params, batch)
+  _close(jac_u, jac)
 
 
 def test_gramian_only_equals_jjt_and_combine():

@@ -268,7 +268,6 @@ def test_log_methods_finite_at_zero_and_negative_losses():
   (total, aux), g = jax.value_and_grad(lambda l: f.update(l, {}, st.state, step=0),
                                        has_aux=True)(bad)
   assert np.isfinite(total) and np.all(np.isfinite(g))
-  np.testing.assert_allclose(g[1], 0.0)  # below min_losses: clamped, no gradient
   state = f.after_step(jnp.array([-2.0, 0.0, 0.5]), aux.state)
   assert np.all(np.isfinite(state["logits"]))
   d = wt.db_mtl()
@@ -287,6 +286,107 @@ def test_log_methods_finite_at_zero_and_negative_losses():
     _, aux = _run(dw, l, st, step=t)
     st = wt.WeightingState({}, aux.state)
     assert np.all(np.isfinite(aux.weights))
+  uw = wt.uncertainty()
+  (total, _), (gs, gl) = jax.value_and_grad(
+    lambda p, l: uw.update(l, p, {}, step=0), argnums=(0, 1), has_aux=True)(
+      uw.init(3).params, bad)
+  assert np.isfinite(total) and np.all(np.isfinite(gs["log_var"])) and np.all(np.isfinite(gl))
+
+
+def test_uw_nonpositive_loss_freezes_its_log_variance():
+  uw = wt.uncertainty()
+  s = jnp.array([0.2, -0.3, 0.1])
+  losses = jnp.array([0.0, -2.0, 3.0])
+  total, (gs, gl) = jax.value_and_grad(lambda p, l: uw.update(l, p, {}, step=0)[0],
+                                       argnums=(0, 1))({"log_var": s}, losses)
+  # Tasks 0, 1 (L <= 0): no s-gradient, s/2 left out; task 2 as in the paper.
+  np.testing.assert_allclose(gs["log_var"], [0.0, 0.0, -3.0 / (2 * np.exp(0.1)) + 0.5],
+                             rtol=1e-6)
+  np.testing.assert_allclose(gl, 1 / (2 * np.exp(s)), rtol=1e-6)  # model gradient unchanged
+  np.testing.assert_allclose(total, -2.0 / (2 * np.exp(-0.3)) + 3.0 / (2 * np.exp(0.1)) + 0.05,
+                             rtol=1e-5)
+
+
+def test_famo_tasks_at_their_minimum_are_left_out():
+  f = wt.famo(min_losses=[0.0, 0.5, 0.0])
+  st = f.init(3)
+  losses = jnp.array([0.0, 0.4, 2.0])  # task 0 at its minimum, task 1 below it
+  (total, aux), g = jax.value_and_grad(lambda l: f.update(l, {}, st.state, step=0),
+                                       has_aux=True)(losses)
+  # Only task 2 is above its minimum: weight 1 on its log, effective gradient weight 1.
+  np.testing.assert_allclose(g, [0.0, 0.0, 1.0], rtol=1e-6)
+  # z = 1/3 each, c = z_2 / D_2 = 1/6: total = z_2 log D_2 / c = 2 log 2.
+  np.testing.assert_allclose(total, 2 * np.log(2.0), rtol=1e-5)
+  two = jnp.array([1.0, 0.4, 2.0])  # tasks 0 and 2 present: effective weights sum to 1
+  g2 = jax.grad(lambda l: f.update(l, {}, st.state, step=0)[0])(two)
+  np.testing.assert_allclose(g2, [2 / 3, 0.0, 1 / 3], rtol=1e-5)
+  none = jnp.array([0.0, 0.5, -1.0])
+  (t0, _), g0 = jax.value_and_grad(lambda l: f.update(l, {}, st.state, step=0),
+                                   has_aux=True)(none)
+  assert float(t0) == 0.0 and np.all(np.asarray(g0) == 0.0)
+  # Logit step: delta is 0 for a task at its minimum before or after the step.
+  state = f.after_step(jnp.array([0.5, 0.3, 1.0]), aux.state)
+  w, *_ = _famo_reference(np.zeros(3), np.zeros(3), np.zeros(3), 0, np.array([1.0, 1.0, 2.0]),
+                          np.array([1.0, 1.0, 1.0]), 0.025, 1e-3)
+  np.testing.assert_allclose(state["logits"], w, rtol=1e-4, atol=1e-7)
+
+
+def test_db_mtl_nonpositive_loss_is_left_out_and_keeps_its_buffer():
+  d = wt.db_mtl(beta=0.5)
+  jac = jnp.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+  state = d.init(jac)
+  _, aux = d.update(jac, jnp.array([1.0, 2.0, 4.0]), state)
+  buf1 = np.asarray(aux.state["buffer"])
+  upd, aux2 = d.update(jac, jnp.array([1.0, 0.0, -1.0]), aux.state)
+  buf2 = np.asarray(aux2.state["buffer"])
+  np.testing.assert_allclose(buf2[1:], buf1[1:])  # left-out rows kept as they are
+  np.testing.assert_allclose(buf2[0], 3.0 * np.array([3.0, 4.0]) / 4 + 0.0, rtol=1e-5)
+  np.testing.assert_allclose(aux2.weights, [1.0, 0.0, 0.0], rtol=1e-6)  # max over task 0 only
+  np.testing.assert_allclose(upd, buf2[0], rtol=1e-5)
+  zero, aux3 = d.update(jac, jnp.zeros(3), aux2.state)
+  assert np.all(np.asarray(zero) == 0) and np.all(np.asarray(aux3.weights) == 0)
+  g = jax.grad(wt.db_mtl_log_losses)(jnp.array([2.0, 0.0, -1.0]))
+  np.testing.assert_allclose(g, [1 / (2.0 + 1e-8), 0.0, 0.0], rtol=1e-6)
+
+
+def test_dwa_leaves_out_nonpositive_losses():
+  w = wt.dwa(temperature=2.0, window="epoch", steps_per_epoch=2)
+  st = w.init(2)
+  # Task 1 has no example (loss 0) in one step of epoch 0 and in all of epoch 1.
+  hist = [[1.0, 2.0], [3.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.5, 1.0]]
+  got = []
+  for t, l in enumerate(hist):
+    _, aux = _run(w, l, st, step=t)
+    st = wt.WeightingState({}, aux.state)
+    got.append(np.asarray(aux.weights))
+  np.testing.assert_allclose(aux.state["before_last"], [2.0, 2.0])  # epoch 0: task 1 mean of 1 step
+  np.testing.assert_allclose(aux.state["last"], [1.0, 0.0])  # epoch 1: task 1 empty
+  r = np.array([1.0 / 2.0, 1.0])  # task 1 empty in epoch 1: neutral ratio
+  e = np.exp(r / 2.0)
+  np.testing.assert_allclose(got[4], 2 * e / e.sum(), rtol=1e-6)
+
+
+def test_gradnorm_leaves_out_nonpositive_losses():
+  w = wt.gradnorm(alpha=1.0)
+  st = w.init(3)
+  n = jnp.array([1.0, 2.0, 4.0])
+  # Step 0: task 2 absent (loss 0): its L(0) waits for its first positive loss.
+  _, aux = w.update(jnp.array([2.0, 1.0, 0.0]), st.params, st.state, step=0, grad_norms=n)
+  np.testing.assert_allclose(aux.state["initial_losses"], [2.0, 1.0, 0.0])
+  np.testing.assert_array_equal(aux.state["initialized"], [True, True, False])
+  total, aux2 = w.update(jnp.array([1.0, 1.0, 3.0]), st.params, aux.state, step=1,
+                         grad_norms=n)
+  np.testing.assert_allclose(aux2.state["initial_losses"], [2.0, 1.0, 3.0])
+  ratio = np.array([0.5, 1.0, 1.0])
+  target = 7 / 3 * ratio / ratio.mean()
+  np.testing.assert_allclose(total, 5.0 + np.abs(np.array([1.0, 2.0, 4.0]) - target).sum(),
+                             rtol=1e-5)
+  # Task 1 absent now: L_grad over tasks 0 and 2 only, means over them.
+  total3, _ = w.update(jnp.array([1.0, 0.0, 3.0]), st.params, aux2.state, step=2, grad_norms=n)
+  ratio = np.array([0.5, 1.0])
+  target = 5 / 2 * ratio / ratio.mean()
+  np.testing.assert_allclose(total3, 4.0 + np.abs(np.array([1.0, 4.0]) - target).sum(),
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("name,options,extras", [

@@ -40,7 +40,7 @@ sg = jax.lax.stop_gradient
 
 __all__ = [
   "WeightingState", "WeightingAux", "LossWeighting", "GradientWeighting",
-  "equal", "uncertainty", "dwa", "rlw", "gradnorm", "famo", "db_mtl",
+  "equal", "uncertainty", "dwa", "rlw", "gradnorm", "famo", "db_mtl", "db_mtl_log_losses",
   "WEIGHTINGS", "make_weighting",
 ]
 
@@ -148,6 +148,12 @@ def uncertainty(parametrization: str = "libmtl") -> LossWeighting:
     ``0.5 (exp(-logsigma) L + logsigma)``): ``s`` starts at 0; weights ``exp(-s)``.
 
   ``log_var`` must be differentiated with the model parameters (see module docstring).
+
+  Losses ``<= 0``: the ``s``-gradient ``(1 - L e^{-s}) / 2`` has its root at ``s = log L``, which
+  does not exist for ``L <= 0`` (``s`` would fall without bound and the weight overflow). Such a
+  task (e.g. a loss that is exactly 0 because a mixture batch holds no example of it) gets no
+  ``s``-gradient that step (``s`` kept, its ``s/2`` term left out); its model gradient is still
+  ``∇L / (2 e^s)``. Positive losses are unchanged.
   """
   _choice("parametrization", parametrization, ("libmtl", "nash_mtl"))
   s0 = -0.5 if parametrization == "libmtl" else 0.0
@@ -163,7 +169,9 @@ def uncertainty(parametrization: str = "libmtl") -> LossWeighting:
     s = params["log_var"]
     if s.shape != losses.shape:
       raise ValueError(f"log_var has shape {s.shape}, losses {losses.shape}")
-    total = jnp.sum(losses * jnp.exp(-s) / 2 + s / 2)
+    present = sg(losses) > 0
+    s_used = jnp.where(present, s, sg(s))  # no s-gradient where L <= 0
+    total = jnp.sum(losses * jnp.exp(-s_used) / 2 + jnp.where(present, s, 0.0) / 2)
     w = 0.5 * jnp.exp(-s) if parametrization == "libmtl" else jnp.exp(-s)
     return total, WeightingAux(sg(w), state)
 
@@ -180,10 +188,16 @@ def dwa(temperature: float = 2.0, window: str = "epoch",
   where ``L̄(k)`` is the mean loss over window k; ones while fewer than 2 windows are complete.
   ``window="epoch"`` (LibMTL: epoch averages) needs ``steps_per_epoch`` and the window is
   ``step // steps_per_epoch``; ``window="step"`` uses the losses of the two previous steps.
-  ``L̄(k-2)`` is clamped at ``eps`` (no division by zero). State: running sum of the current
-  window and the last two window means.
+  State: per-task running sum and count of the current window and the last two window means.
+
+  Losses ``<= 0`` carry no information for a loss ratio (a mixture batch without examples of a
+  task reports loss 0): they are left out of the window means (per-task counts), and a task
+  whose mean in either of the two windows is ``<= 0`` or empty gets the neutral ratio
+  ``r_i = 1``. With positive losses this is exactly LibMTL's rule. ``eps`` guards the division
+  (kept for API compatibility; the ratio is only taken of positive means).
   """
   temperature = _positive("temperature", temperature)
+  _positive("eps", eps)
   _choice("window", window, ("epoch", "step"))
   if window == "epoch":
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or (
@@ -199,24 +213,31 @@ def dwa(temperature: float = 2.0, window: str = "epoch",
     t = _check_num_tasks(num_tasks)
     z = jnp.zeros((t,), jnp.float32)
     return WeightingState({}, {
-      "sum": z, "count": jnp.zeros((), jnp.float32), "window": jnp.zeros((), jnp.int32),
-      "last": z, "before_last": z, "completed": jnp.zeros((), jnp.int32)})
+      "sum": z, "count": z, "steps": jnp.zeros((), jnp.int32),
+      "window": jnp.zeros((), jnp.int32), "last": z, "before_last": z,
+      "completed": jnp.zeros((), jnp.int32)})
 
   def update(losses, params, state, *, step, key=None, **extras):
     del params, key, extras
     losses = _check_losses(losses)
     t = losses.shape[0]
+    if state["sum"].shape != (t,):
+      raise ValueError(f"dwa state is for {state['sum'].shape[0]} tasks, losses has {t}")
     k = (jnp.asarray(step) // size).astype(jnp.int32)
-    roll = (k != state["window"]) & (state["count"] > 0)
-    mean = state["sum"] / jnp.maximum(state["count"], 1.0)
+    roll = (k != state["window"]) & (state["steps"] > 0)
+    mean = jnp.where(state["count"] > 0, state["sum"] / jnp.maximum(state["count"], 1.0), 0.0)
     last = jnp.where(roll, mean, state["last"])
     before = jnp.where(roll, state["last"], state["before_last"])
     completed = state["completed"] + roll.astype(jnp.int32)
-    ratio = last / jnp.maximum(before, eps)
+    valid = (last > 0) & (before > 0)
+    ratio = jnp.where(valid, last / jnp.maximum(before, eps), 1.0)
     w = jnp.where(completed >= 2, t * jax.nn.softmax(ratio / temperature), jnp.ones((t,)))
+    lv = sg(losses).astype(jnp.float32)
+    present = lv > 0
     new_state = {
-      "sum": jnp.where(roll, 0.0, state["sum"]) + sg(losses).astype(jnp.float32),
-      "count": jnp.where(roll, 0.0, state["count"]) + 1.0, "window": k,
+      "sum": jnp.where(roll, 0.0, state["sum"]) + jnp.where(present, lv, 0.0),
+      "count": jnp.where(roll, 0.0, state["count"]) + present.astype(jnp.float32),
+      "steps": jnp.where(roll, 0, state["steps"]) + 1, "window": k,
       "last": last, "before_last": before, "completed": completed}
     return _weighted(losses, w, new_state)
 
@@ -273,24 +294,30 @@ def gradnorm(alpha: float = 1.5, eps: float = 1e-8) -> LossWeighting:
   Trainable ``params = {"logits": f32[T]}`` (init 1); weights ``w = T · softmax(logits)``
   (sum T, LibMTL's renormalisation). ``update`` needs ``grad_norms=f32[T]``: ``‖∇_W L_i‖`` of the
   *unweighted* task losses w.r.t. the shared parameters ``W`` (the paper: the last shared
-  layer; LibMTL: all shared parameters), e.g. ``jnp.sqrt(jnp.diag(G))`` from
-  ``jacobian.task_gramian`` on those parameters. The train step supplies them as constants.
+  layer; LibMTL: all shared parameters, or the shared representation with ``rep_grad``), e.g.
+  ``jnp.sqrt(jnp.diag(G))`` from ``jacobian.task_gramian`` on those parameters. The train step
+  supplies them as constants.
 
   ``total = Σ sg(w_i) L_i + Σ_i |w_i n_i − sg(mean(w n) · r_i^α)|`` with
   ``r_i = L̃_i / mean(L̃)``, ``L̃_i = L_i / L_i(0)``: its gradient w.r.t. the model is the
-  weighted loss gradient and w.r.t. ``logits`` is GradNorm's ``∇ L_grad``. ``L_i(0)`` is the
-  first call's losses (stored in ``state``) unless ``initial_losses=f32[T]`` is passed (LibMTL
-  uses the first epoch's mean). ``L_i(0)`` and ``mean(L̃)`` are clamped at ``eps`` and
-  ``L̃`` at 0, so zero or negative losses give finite values.
+  weighted loss gradient and w.r.t. ``logits`` is GradNorm's ``∇ L_grad``. ``L_i(0)`` is task
+  i's first positive loss (stored in ``state``) unless ``initial_losses=f32[T]`` is passed
+  (LibMTL uses the first epoch's mean); it is clamped at ``eps``.
+
+  Losses ``<= 0`` (e.g. 0 for a task without examples in a mixture batch) have no meaningful
+  training rate: such a task is left out of ``L_grad`` and of the means ``mean(L̃)``,
+  ``mean(w n)`` that step, and its ``L(0)`` is only recorded at its first positive loss. With
+  positive losses this is exactly LibMTL's ``L_grad``.
   """
   alpha = _positive("alpha", alpha, allow_zero=True)
+  eps = _positive("eps", eps)
 
   def init(num_tasks, *, key=None):
     del key
     t = _check_num_tasks(num_tasks)
     return WeightingState({"logits": jnp.ones((t,), jnp.float32)},
                           {"initial_losses": jnp.zeros((t,), jnp.float32),
-                           "initialized": jnp.zeros((), jnp.bool_)})
+                           "initialized": jnp.zeros((t,), jnp.bool_)})
 
   def update(losses, params, state, *, step=None, key=None, grad_norms=None,
              initial_losses=None, **extras):
@@ -304,18 +331,25 @@ def gradnorm(alpha: float = 1.5, eps: float = 1e-8) -> LossWeighting:
       raise ValueError(f"grad_norms has shape {grad_norms.shape}, losses {losses.shape}")
     t = losses.shape[0]
     lv = sg(losses).astype(jnp.float32)
+    present = lv > 0
     if initial_losses is not None:
       init_l = jnp.asarray(initial_losses, jnp.float32)
+      initialized = jnp.ones((t,), jnp.bool_)
     else:
-      init_l = jnp.where(state["initialized"], state["initial_losses"], lv)
+      first = ~state["initialized"] & present
+      init_l = jnp.where(first, lv, state["initial_losses"])
+      initialized = state["initialized"] | present
+    use = present & initialized
+    n_use = jnp.maximum(jnp.sum(use), 1)
     w = t * jax.nn.softmax(params["logits"])
     gw = w * grad_norms
-    ratio = jnp.maximum(lv / jnp.maximum(init_l, eps), 0.0)
-    r = ratio / jnp.maximum(jnp.mean(ratio), eps)
-    target = sg(jnp.mean(gw) * r ** alpha)
-    l_grad = jnp.sum(jnp.abs(gw - target))
+    ratio = jnp.where(use, lv / jnp.maximum(init_l, eps), 0.0)
+    r = ratio / jnp.maximum(jnp.sum(ratio) / n_use, eps)
+    mean_gw = jnp.sum(jnp.where(use, gw, 0.0)) / n_use
+    target = sg(mean_gw * r ** alpha)
+    l_grad = jnp.sum(jnp.where(use, jnp.abs(gw - target), 0.0))
     total = jnp.sum(sg(w).astype(losses.dtype) * losses) + l_grad
-    new_state = {"initial_losses": init_l, "initialized": jnp.ones((), jnp.bool_)}
+    new_state = {"initial_losses": init_l, "initialized": initialized}
     return total, WeightingAux(sg(w), new_state)
 
   return LossWeighting(init, update, _identity_after_step)
@@ -328,11 +362,16 @@ def famo(lr: float = 0.025, gamma: float = 1e-3, logit_update: str = "same_batch
   """FAMO: Liu et al., "FAMO: Fast Adaptive Multitask Optimization", arXiv 2306.03775.
   Follows the official code (Cranial-XIX/FAMO famo.py) and LibMTL/weighting/FAMO.py.
 
-  ``z = softmax(w)``, ``D_i = max(L_i − m_i, 0) + eps``, ``c = sg(Σ z_i / D_i)``,
-  ``total = Σ z_i log(D_i) / c`` (gradient ``Σ (z_i / (c D_i)) ∇L_i``). ``m`` =
-  ``min_losses`` (default 0, as ``set_min_losses``). The official ``D = L − m + 1e-8`` is
-  clamped at ``eps`` here, so ``L ≤ m`` gives a finite ``log(eps)`` and zero gradient for that
-  task instead of NaN.
+  ``z = softmax(w)``, ``D_i = L_i − m_i + eps``, ``c = sg(Σ z_i / D_i)``,
+  ``total = Σ z_i log(D_i) / c`` (gradient ``Σ (z_i / (c D_i)) ∇L_i``, effective weights summing
+  to 1). ``m`` = ``min_losses`` (default 0, as ``set_min_losses``).
+
+  Losses at or below their minimum (``L_i <= m_i``: the official ``log(L − m + 1e-8)`` is NaN
+  below ``m − 1e-8``; a mixture batch without examples of a task reports ``L = 0``) are treated
+  as *reached*: the task is left out of the sum and of ``c`` that step (weight 0, no gradient),
+  the other tasks share the update as usual, and its ``δ`` in the logit step is 0. If every
+  task is at its minimum, ``total = 0`` (zero update). Above the minimum everything is the
+  official formula.
 
   Logit step: ``δ = log D(prev) − log D(curr)``, gradient ``d = J_softmax(w)ᵀ δ``, then
   ``torch.optim.Adam(lr, weight_decay=gamma)`` (L2 decay added to ``d``; bias-corrected). The
@@ -350,7 +389,9 @@ def famo(lr: float = 0.025, gamma: float = 1e-3, logit_update: str = "same_batch
   _choice("logit_update", logit_update, ("same_batch", "next_batch"))
 
   def log_d(losses, m):
-    return jnp.log(jnp.maximum(losses - m, 0.0) + eps)
+    """(log D f32[T], present bool[T]): ``log(L − m + eps)`` where ``L > m``, else 0."""
+    present = losses > m
+    return jnp.where(present, jnp.log(jnp.where(present, losses - m, 1.0) + eps), 0.0), present
 
   def init(num_tasks, *, key=None):
     del key
@@ -366,7 +407,8 @@ def famo(lr: float = 0.025, gamma: float = 1e-3, logit_update: str = "same_batch
   def logit_step(curr_losses, state):
     curr = sg(jnp.asarray(curr_losses, jnp.float32))
     m = state["min_losses"]
-    delta = log_d(state["prev_losses"], m) - log_d(curr, m)
+    (before, ok_before), (after, ok_after) = log_d(state["prev_losses"], m), log_d(curr, m)
+    delta = jnp.where(ok_before & ok_after, before - after, 0.0)
     w = state["logits"]
     z = jax.nn.softmax(w)
     d = z * (delta - jnp.dot(z, delta)) + gamma * w
@@ -385,9 +427,10 @@ def famo(lr: float = 0.025, gamma: float = 1e-3, logit_update: str = "same_batch
     if logit_update == "next_batch":
       state = logit_step(losses, state)
     z = jax.nn.softmax(state["logits"]).astype(losses.dtype)
-    dlog = log_d(losses, state["min_losses"].astype(losses.dtype))
-    c = sg(jnp.sum(z / jnp.exp(dlog)))
-    total = jnp.sum(dlog * z / c)
+    m = state["min_losses"].astype(losses.dtype)
+    dlog, present = log_d(losses, m)
+    c = sg(jnp.sum(jnp.where(present, z / (jnp.where(present, losses - m, 1.0) + eps), 0.0)))
+    total = jnp.sum(jnp.where(present, dlog * z, 0.0)) / jnp.where(c > 0, c, 1.0)
     new_state = dict(state, prev_losses=sg(losses).astype(jnp.float32),
                      has_prev=jnp.ones((), jnp.bool_))
     return total, WeightingAux(sg(z), new_state)
@@ -408,15 +451,21 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
   Gradient-based: ``update(jacobian, losses, state) -> (combined, WeightingAux)``, where
   ``jacobian`` is the per-task gradient pytree ``[T, ...]`` of the *raw* losses w.r.t. the
   shared parameters (``jacobian.task_jacobian``). Loss-scale balancing: the gradient of
-  ``log(L_i + eps)`` is ``g_i / (L_i + eps)`` (L clamped at 0 first, so ``L ≤ 0`` stays finite).
-  Gradient-magnitude balancing: EMA buffer ``b ← g + β_t (b − g)``, ``β_t = β / k^σ`` (k =
-  1, 2, ... counted in ``state``; buffer starts at 0, no bias correction); ``α_i =
-  max_j ‖b_j‖ / (‖b_i‖ + eps)``; ``combined = Σ α_i b_i`` (a pytree like one Jacobian row).
-  ``init(jacobian_like)`` takes the Jacobian (or its ``jax.eval_shape``) to size the buffer,
-  O(T·P) memory. Task-specific parameters get the gradient of ``Σ_i log(L_i + eps)``.
+  ``log(L_i + eps)`` is ``g_i / (L_i + eps)``. Gradient-magnitude balancing: EMA buffer
+  ``b ← g + β_t (b − g)``, ``β_t = β / k^σ`` (k = 1, 2, ... counted in ``state``; buffer starts
+  at 0, no bias correction); ``α_i = max_j ‖b_j‖ / (‖b_i‖ + eps)``; ``combined = Σ α_i b_i`` (a
+  pytree like one Jacobian row). ``init(jacobian_like)`` takes the Jacobian (or its
+  ``jax.eval_shape``) to size the buffer, O(T·P) memory. Task-specific parameters get the
+  gradient of ``Σ_i log(L_i + eps)`` over the tasks with ``L_i > 0`` (:func:`db_mtl_log_losses`).
+
+  Losses ``<= 0`` (``log`` undefined; LibMTL gives NaN below 0 and a ``1e8``-scaled gradient at
+  exactly 0; a mixture batch without examples of a task reports 0): the task is left out that
+  step — weight ``α_i = 0``, its buffer row kept as it is, and the maximum in ``α`` taken over
+  the other tasks. If no task has a positive loss the update is zero.
   """
   beta = _positive("beta", beta, allow_zero=True)
   beta_sigma = _positive("beta_sigma", beta_sigma, allow_zero=True)
+  eps = _positive("eps", eps)
 
   def init(jacobian_like):
     buf = jax.tree_util.tree_map(lambda j: jnp.zeros(j.shape, jnp.float32), jacobian_like)
@@ -424,24 +473,37 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
 
   def update(jacobian, losses, state, **_):
     losses = _check_losses(losses)
-    scale = 1.0 / (jnp.maximum(sg(losses).astype(jnp.float32), 0.0) + eps)
+    lv = sg(losses).astype(jnp.float32)
+    present = lv > 0
+    scale = jnp.where(present, 1.0 / (jnp.where(present, lv, 1.0) + eps), 0.0)
     count = state["count"] + 1
     beta_t = beta / count.astype(jnp.float32) ** beta_sigma
 
     def ema(j, b):
-      g = j.astype(jnp.float32) * scale.reshape((-1,) + (1,) * (j.ndim - 1))
-      return g + beta_t * (b - g)
+      shape = (-1,) + (1,) * (j.ndim - 1)
+      g = j.astype(jnp.float32) * scale.reshape(shape)
+      return jnp.where(present.reshape(shape), g + beta_t * (b - g), b)
 
     buf = jax.tree_util.tree_map(ema, jacobian, state["buffer"])
     sq = sum(jnp.sum(b.reshape(b.shape[0], -1) ** 2, axis=1)
              for b in jax.tree_util.tree_leaves(buf))
     norms = jnp.sqrt(sq)
-    alpha = jnp.max(norms) / (norms + eps)
+    top = jnp.max(jnp.where(present, norms, 0.0))
+    alpha = jnp.where(present, top / (norms + eps), 0.0)
     combined = jax.tree_util.tree_map(
       lambda b, j: jnp.tensordot(alpha, b, axes=1).astype(j.dtype), buf, jacobian)
     return combined, WeightingAux(alpha, {"buffer": buf, "count": count})
 
   return GradientWeighting(init, update)
+
+
+def db_mtl_log_losses(losses: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """``Σ_i log(L_i + eps)`` over the tasks with ``L_i > 0`` (DB-MTL's objective for
+  task-specific parameters, LibMTL ``DB_MTL``); tasks with ``L_i <= 0`` contribute 0 and no
+  gradient."""
+  losses = _check_losses(losses)
+  present = sg(losses) > 0
+  return jnp.sum(jnp.where(present, jnp.log(jnp.where(present, losses, 1.0) + eps), 0.0))
 
 
 # --------------------------------------------------------------------------------- registry

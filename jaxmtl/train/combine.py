@@ -1,23 +1,33 @@
 """Multi-task methods inside the jitted train step: from per-task losses to one gradient.
 
 `make_mtl(cfg, ...)` returns an `MTLMethod` with
-  init() -> mtl state (pytree of arrays; lives in the TrainState, checkpointed);
+  init(params) -> mtl state (pytree of arrays; lives in the TrainState, checkpointed);
   grads(params, batch, state, step, key) -> (grads, losses_T, weights_T, new_state, stats);
   after_step(new_params, batch, state) -> state   (FAMO's logit update; identity otherwise).
 
-Three families (docs/mtl.md):
-  * loss weighting (`mtl.weighting`: sum, mean, uw, dwa, rlw, gradnorm, famo): one backward of
-    the weighted loss; trainable weighting parameters (UW log-variances, GradNorm logits) get
-    their own Adam (`mtl.weighting_lr`).
+The families (docs/mtl.md, docs/mtl_weighting.md):
+  * loss weighting (`mtl.weighting`: sum, mean, uw, dwa, rlw, famo): one backward of the
+    weighted loss; trainable weighting parameters (UW log-variances) get their own Adam
+    (`mtl.weighting_lr`).
+  * GradNorm (`mtl.weighting="gradnorm"`): needs ||grad L_i|| w.r.t. the shared parameters
+    (`mtl.mode="params"`, LibMTL's default; per-task gradients as in the Jacobian modes) or
+    w.r.t. the shared features (`mtl.mode="features"`, LibMTL's `rep_grad`); the model gets
+    sum_i w_i grad L_i from the same backward passes.
+  * DB-MTL (`mtl.weighting="db_mtl"`): per-task gradients of the shared parameters
+    (`mtl.jacobian` "full" or "chunked"), an EMA buffer of shape [T, shared params] in the
+    state; heads get the gradient of sum_i log(L_i + eps).
   * gradient aggregation on the shared parameters (`mtl.aggregator`, `mtl.mode="params"`):
     per-task gradients of the shared parameters (everything but `heads`), as a pytree Jacobian
     (`mtl.jacobian="full"`, or "chunked" with `mtl.chunk_size`) or Gramian-only
-    (`mtl.jacobian="gramian"`: memory O(params), one extra backward); heads get their own
-    task's gradient. Under data parallelism the Jacobian is of the global-batch losses, so
-    the Gramian comes from globally reduced per-task gradients.
+    (`mtl.jacobian="gramian"`: memory O(params), one extra backward). One forward; each
+    task's backward runs through its own head and the encoder, so each head's gradient (its
+    own task's) comes out of the same passes: no second forward/backward. Under data
+    parallelism the Jacobian is of the global-batch losses, so the Gramian comes from
+    globally reduced per-task gradients.
   * representation level (`mtl.mode="features"`, MGDA-UB, arXiv 1810.04650 Sec. 3.3): the
     Gramian of per-task gradients w.r.t. the shared features z = encode(x); one forward, T
-    cheap head backwards, one encoder backward of sum_t w_t dL_t/dz.
+    cheap head backwards, one encoder backward of sum_t w_t dL_t/dz. GradDrop, element-wise,
+    acts on dL_t/dz directly (as its paper applies it to activations, arXiv 2010.06808).
 """
 from __future__ import annotations
 
@@ -33,11 +43,24 @@ from jaxmtl.mtl import jacobian as jac_lib
 from jaxmtl.mtl import weighting as w_lib
 
 HEADS = "heads"
+sg = jax.lax.stop_gradient
+
+# Loss weightings that need no per-task gradients: one backward of the weighted total.
+_PLAIN_WEIGHTINGS = ("sum", "mean", "equal", "uw", "dwa", "rlw", "famo")
 
 
 @dataclasses.dataclass(frozen=True)
 class MTLConfig:
-  """How per-task losses become one update. `options` go to the weighting/aggregator."""
+  """How per-task losses become one update. `options` go to the weighting/aggregator.
+
+  Valid combinations (anything else raises naming the keys):
+    * `weighting` in sum/mean/equal/uw/dwa/rlw/famo: `mode="params"`, `jacobian` unused;
+    * `weighting="gradnorm"`: `mode` "params" (`jacobian` "full": stores J; "chunked" /
+      "gramian": `chunk_size` tasks at a time, one extra backward) or "features";
+    * `weighting="db_mtl"`: `mode="params"`, `jacobian` "full" or "chunked";
+    * `aggregator`: `mode` "params" (`jacobian` full/chunked/gramian; GradDrop is
+      element-wise and needs the Jacobian) or "features".
+  """
   weighting: str = "sum"
   aggregator: str = ""
   mode: Literal["params", "features"] = "params"
@@ -56,10 +79,24 @@ class MTLConfig:
     if self.aggregator and self.weighting not in ("sum", "mean"):
       raise ValueError("choose either a loss weighting or a gradient aggregator, not both "
                        f"(weighting={self.weighting!r}, aggregator={self.aggregator!r})")
+    if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or (
+        self.chunk_size < 1):
+      raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+    method = self.aggregator or self.weighting
+    if self.mode == "features" and not self.aggregator and self.weighting != "gradnorm":
+      raise ValueError(f"mode='features' applies to gradient aggregators and gradnorm, not to "
+                       f"weighting={self.weighting!r}; use mode='params'")
+    if self.weighting == "db_mtl" and (self.mode != "params" or self.jacobian == "gramian"):
+      raise ValueError("db_mtl keeps an EMA of the per-task gradients: it needs mode='params' "
+                       f"and jacobian 'full' or 'chunked' (got mode={self.mode!r}, "
+                       f"jacobian={self.jacobian!r})")
+    if method == "graddrop" and self.mode == "params" and self.jacobian == "gramian":
+      raise ValueError("aggregator 'graddrop' is element-wise: it needs the full Jacobian; "
+                       "use jacobian='full' or 'chunked', or mode='features'")
 
 
 class MTLMethod(NamedTuple):
-  init: Callable[[], Any]
+  init: Callable[..., Any]
   grads: Callable[..., tuple]
   after_step: Callable[..., Any]
 
@@ -75,40 +112,106 @@ def _identity(new_params, batch, state):
   return state
 
 
+def _sum_tasks(tree):
+  """[T, ...] leaves -> [...]: each head's gradient is its own task's row (others are 0)."""
+  return jax.tree.map(agg_lib.sum_tasks, tree)
+
+
+def _rows(cfg: MTLConfig) -> dict[str, Any]:
+  """How the T per-task backward passes of the Jacobian modes run (`jacobian.task_jacobian`).
+
+  "chunked": `chunk_size` at a time (`lax.map`). "full": all T together — `vmap` over the
+  one-hot cotangents on accelerators; on CPU T separate backward passes in the program, the
+  fastest there (tools/bench_mtl.py, T=10: 8.1x a gradient, against 11.8x for `lax.map` and
+  15-19x for `vmap`, whose batched matmuls XLA:CPU runs slowly). All store the full
+  Jacobian and agree to rounding.
+  """
+  if cfg.jacobian == "chunked":
+    return {"chunk_size": cfg.chunk_size}
+  return {"unroll": jax.default_backend() == "cpu"}
+
+
+def _feature_rows(features_fns, params, batch, num_tasks: int):
+  """One encoder forward and T single-head backwards.
+
+  Returns (losses f32[T], stats, zgrads [T, *z.shape], head_rows {heads: [T, ...]}, enc_vjp):
+  row i of `zgrads` / `head_rows` is the gradient of task i's loss w.r.t. the shared features
+  z / the head parameters (non-zero on head i only).
+  """
+  prepare, encode, head_loss, task_head_loss = features_fns
+  shared, heads = split_heads(params)
+  x, labels = prepare(batch)
+  z, enc_vjp = jax.vjp(lambda s: encode({**s, HEADS: heads}, x), shared)
+  losses, stats = head_loss({**shared, HEADS: heads}, z, labels)
+  rows = [jax.grad(lambda h, zz, i=i: task_head_loss({**shared, HEADS: h}, zz, labels, i),
+                   argnums=(0, 1))(heads, z) for i in range(num_tasks)]
+  head_rows = jax.tree.map(lambda *r: jnp.stack(r), *[r[0] for r in rows])
+  zgrads = jnp.stack([r[1] for r in rows])
+  return losses, stats, zgrads, head_rows, enc_vjp
+
+
+def _param_rows(cfg: MTLConfig, loss_fn, features_fns, params, batch, num_tasks: int):
+  """Per-task gradients of all parameters: (losses, stats, J_shared, J_heads), leaves [T, ...].
+
+  With the model's encoder/heads split (`features_fns`): one forward, then per task its head's
+  backward and one encoder backward of its feature gradient — each task's backward skips the
+  other T-1 heads (at T=10 about 10% of the Jacobian's time on CPU). Without it:
+  `jacobian.task_jacobian` of `loss_fn`. Rows run as `_rows(cfg)` says.
+  """
+  rows = _rows(cfg)
+  if features_fns is None:
+    losses, jac, stats = jac_lib.task_jacobian(loss_fn, params, batch, **rows)
+    return (losses, stats) + split_heads(jac)
+  losses, stats, zgrads, head_rows, enc_vjp = _feature_rows(features_fns, params, batch,
+                                                            num_tasks)
+  backward = lambda zg: enc_vjp(zg)[0]
+  if rows.get("unroll"):
+    jac = jax.tree.map(lambda *r: jnp.stack(r), *[backward(zgrads[i]) for i in range(num_tasks)])
+  elif rows.get("chunk_size") is not None and rows["chunk_size"] < num_tasks:
+    jac = jax.lax.map(backward, zgrads, batch_size=rows["chunk_size"])
+  else:
+    jac = jax.vmap(backward)(zgrads)
+  return losses, stats, jac, head_rows
+
+
 def make_mtl(cfg: MTLConfig, num_tasks: int, loss_fn, features_fns=None,
              steps_per_epoch: int | None = None) -> MTLMethod:
   """Builds the method. `loss_fn(params, batch) -> (losses_T, stats)`;
   `features_fns = (prepare(batch) -> (x, labels), encode(params, x) -> z,
-  head_loss(params, z, labels) -> (losses_T, stats))` for `mode="features"`."""
+  head_loss(params, z, labels) -> (losses_T, stats), task_head_loss(params, z, labels, i) ->
+  task i's loss using head i only)` for `mode="features"` (`train.step.make_features_fns`)."""
+  if cfg.mode == "features" and features_fns is None:
+    raise ValueError("mtl.mode='features' needs a model with encode() and heads()")
   if cfg.aggregator:
     agg = agg_lib.make_aggregator(cfg.aggregator, **dict(cfg.options))
     if cfg.mode == "features":
       return _features(agg, num_tasks, features_fns)
-    return _aggregate(cfg, agg, num_tasks, loss_fn)
+    return _aggregate(cfg, agg, num_tasks, loss_fn, features_fns)
   if cfg.weighting == "gradnorm":
-    return _gradnorm(cfg, num_tasks, loss_fn)
+    return _gradnorm(cfg, num_tasks, loss_fn, features_fns)
+  if cfg.weighting == "db_mtl":
+    return _db_mtl(cfg, num_tasks, loss_fn, features_fns)
   name = "equal" if cfg.weighting in ("sum", "mean") else cfg.weighting
-  opts = {"reduction": cfg.weighting} if name == "equal" else dict(cfg.options)
+  opts = {"reduction": cfg.weighting} if cfg.weighting in ("sum", "mean") else dict(cfg.options)
   if name == "dwa" and opts.get("window", "epoch") == "epoch":
     opts.setdefault("steps_per_epoch", steps_per_epoch)  # LibMTL: epoch-mean losses
   return _weighting(w_lib.make_weighting(name, **opts), cfg, num_tasks, loss_fn)
 
 
-def _weighting(w, cfg: MTLConfig, num_tasks: int, loss_fn, extras_fn=None) -> MTLMethod:
+def _weighting(w, cfg: MTLConfig, num_tasks: int, loss_fn) -> MTLMethod:
   """Loss-based weighting: grad of the weighted total w.r.t. (model params, weighting params)."""
   opt = optax.adam(cfg.weighting_lr)
 
-  def init():
+  def init(params=None):
     ws = w.init(num_tasks, key=jax.random.key(0))
     return {"w": ws, "opt": opt.init(ws.params)}
 
   def grads(params, batch, state, step, key):
     ws = state["w"]
-    extras = extras_fn(params, batch) if extras_fn else {}
 
     def total(p, wp):
       losses, stats = loss_fn(p, batch)
-      tot, aux = w.update(losses, wp, ws.state, step=step, key=key, **extras)
+      tot, aux = w.update(losses, wp, ws.state, step=step, key=key)
       return tot, (losses, aux, stats)
 
     (gp, gw), (losses, aux, stats) = jax.grad(total, argnums=(0, 1), has_aux=True)(
@@ -121,48 +224,120 @@ def _weighting(w, cfg: MTLConfig, num_tasks: int, loss_fn, extras_fn=None) -> MT
   def after_step(new_params, batch, state):
     losses_after, _ = loss_fn(new_params, batch)
     ws = state["w"]
-    return {**state, "w": ws._replace(state=w.after_step(jax.lax.stop_gradient(losses_after),
-                                                          ws.state))}
+    return {**state, "w": ws._replace(state=w.after_step(sg(losses_after), ws.state))}
 
-  return MTLMethod(init, grads, after_step if cfg.weighting == "famo" else _identity)
+  famo_same_batch = cfg.weighting == "famo" and dict(cfg.options).get(
+      "logit_update", "same_batch") == "same_batch"
+  return MTLMethod(init, grads, after_step if famo_same_batch else _identity)
 
 
-def _gradnorm(cfg: MTLConfig, num_tasks: int, loss_fn) -> MTLMethod:
-  """GradNorm needs ||grad of each task loss w.r.t. the shared parameters|| (LibMTL)."""
-  def norms(params, batch):
-    shared, heads = split_heads(params)
-    fn = lambda s, b: loss_fn({**s, HEADS: heads}, b)
-    _, g, _ = jac_lib.task_gramian(fn, shared, batch, chunk_size=cfg.chunk_size)
-    return {"grad_norms": jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))}
+def _row_sq_norms(tree) -> jax.Array:
+  """Squared norm of every row of a [T, ...] pytree, f32[T]."""
+  return sum(jnp.sum(jnp.square(j.reshape(j.shape[0], -1).astype(jnp.float32)), axis=1)
+             for j in jax.tree.leaves(tree))
+
+
+def _sq_norm(tree) -> jax.Array:
+  return sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree))
+
+
+def _gradnorm(cfg: MTLConfig, num_tasks: int, loss_fn, features_fns) -> MTLMethod:
+  """GradNorm: per-task gradient norms (shared params or shared features, as LibMTL's
+  `rep_grad`), the logits' L_grad, and the model gradient sum_i w_i grad L_i from the same
+  backward passes (heads get w_i times their task's gradient, as in LibMTL)."""
   w = w_lib.make_weighting("gradnorm", **dict(cfg.options))
-  return _weighting(w, cfg, num_tasks, loss_fn, extras_fn=norms)
+  opt = optax.adam(cfg.weighting_lr)
+
+  def per_task(params, batch):
+    """(losses, grad_norms f32[T], stats, backward(w) -> sum_i w_i grad L_i)."""
+    if cfg.mode == "features":
+      losses, stats, zgrads, head_rows, enc_vjp = _feature_rows(features_fns, params, batch,
+                                                                num_tasks)
+
+      def backward(weights):
+        z_cot = agg_lib.combine(zgrads, weights)
+        return {**enc_vjp(z_cot)[0], HEADS: agg_lib.combine(head_rows, weights)}
+      return losses, jnp.sqrt(_row_sq_norms(zgrads)), stats, backward
+    if cfg.jacobian == "full":
+      losses, stats, jac_shared, jac_heads = _param_rows(cfg, loss_fn, features_fns, params,
+                                                         batch, num_tasks)
+      jac = {**jac_shared, HEADS: jac_heads}
+      norms = jnp.sqrt(_row_sq_norms(jac_shared))
+      return losses, norms, stats, lambda weights: jac_lib.combine(weights, jac)
+    # chunked / gramian: never store J; one more backward for the weighted gradient.
+    losses, vjp_fn, stats = jax.vjp(lambda p: loss_fn(p, batch), params, has_aux=True)
+    eye = jnp.eye(num_tasks, dtype=losses.dtype)
+    sq = jax.lax.map(lambda e: _sq_norm(split_heads(vjp_fn(e)[0])[0]), eye,
+                     batch_size=cfg.chunk_size)
+    return losses, jnp.sqrt(sq), stats, lambda weights: vjp_fn(
+        weights.astype(losses.dtype))[0]
+
+  def init(params=None):
+    ws = w.init(num_tasks)
+    return {"w": ws, "opt": opt.init(ws.params)}
+
+  def grads(params, batch, state, step, key):
+    ws = state["w"]
+    losses, norms, stats, backward = per_task(params, batch)
+    (_, aux), gw = jax.value_and_grad(
+        lambda wp: w.update(sg(losses), wp, ws.state, step=step, key=key, grad_norms=norms),
+        has_aux=True)(ws.params)
+    g = backward(aux.weights)
+    upd, opt_state = opt.update(gw, state["opt"], ws.params)
+    new = {"w": w_lib.WeightingState(optax.apply_updates(ws.params, upd), aux.state),
+           "opt": opt_state}
+    return g, losses, aux.weights, new, stats
+
+  return MTLMethod(init, grads, _identity)
 
 
-def _aggregate(cfg: MTLConfig, agg, num_tasks: int, loss_fn) -> MTLMethod:
+def _db_mtl(cfg: MTLConfig, num_tasks: int, loss_fn, features_fns) -> MTLMethod:
+  """DB-MTL (arXiv 2308.02333, LibMTL DB_MTL) on the shared parameters' per-task gradients."""
+  d = w_lib.make_weighting("db_mtl", **dict(cfg.options))
+  eps = float(dict(cfg.options).get("eps", 1e-8))
+  def init(params=None):
+    if params is None:
+      raise ValueError("db_mtl's state (an EMA of the per-task gradients) is sized from the "
+                       "parameters: call init(params)")
+    shared, _ = split_heads(params)
+    return {"db": d.init(jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct((num_tasks,) + tuple(p.shape), jnp.float32), shared))}
+
+  def grads(params, batch, state, step, key):
+    losses, stats, jac_shared, jac_heads = _param_rows(cfg, loss_fn, features_fns, params,
+                                                       batch, num_tasks)
+    update, aux = d.update(jac_shared, losses, state["db"])
+    # Heads: gradient of sum_i log(L_i + eps) = sum_i dlog_i grad L_i.
+    dlog = jax.grad(lambda l: w_lib.db_mtl_log_losses(l, eps))(sg(losses))
+    head_grads = jax.tree.map(lambda j: jnp.tensordot(dlog.astype(j.dtype), j, axes=1),
+                              jac_heads)
+    return {**update, HEADS: head_grads}, losses, aux.weights, {"db": aux.state}, stats
+
+  return MTLMethod(init, grads, _identity)
+
+
+def _aggregate(cfg: MTLConfig, agg, num_tasks: int, loss_fn, features_fns) -> MTLMethod:
   """Gradient aggregation of the shared parameters' per-task gradients."""
-  if cfg.jacobian == "gramian" and type(agg) in (agg_lib.PCGrad, agg_lib.GradDrop):
-    raise ValueError(f"aggregator {cfg.aggregator!r} needs the full Jacobian; "
-                     "use mtl.jacobian='full' or 'chunked'")
 
-  def init():
+  def init(params=None):
     return {"agg": agg.init(num_tasks)} if agg.stateful else {}
 
   def grads(params, batch, state, step, key):
-    shared, heads = split_heads(params)
-    fn = lambda s, b: loss_fn({**s, HEADS: heads}, b)
     agg_state = state.get("agg")
     if cfg.jacobian == "gramian":
-      losses, g, stats, combine = jac_lib.task_gramian(fn, shared, batch,
-                                                       chunk_size=cfg.chunk_size,
-                                                       return_combine=True)
+      shared, heads = split_heads(params)
+      fn = lambda s, h, b: loss_fn({**s, HEADS: h}, b)
+      losses, g, stats, combine, head_grads = jac_lib.split_task_gramian(
+          fn, shared, heads, batch, chunk_size=cfg.chunk_size)
       weights, agg_state = agg.weights(g, state=agg_state, key=key)
       update = combine(weights)
     else:
-      chunk = cfg.chunk_size if cfg.jacobian == "chunked" else None
-      losses, jac, stats = jac_lib.task_jacobian(fn, shared, batch, chunk_size=chunk)
-      update, weights, agg_state = agg(jac, state=agg_state, key=key)
-    # Each head only sees its own task's loss: its gradient is that task's gradient.
-    head_grads = jax.grad(lambda h: jnp.sum(loss_fn({**shared, HEADS: h}, batch)[0]))(heads)
+      # One backward per task over all parameters: the shared rows are aggregated, and each
+      # head only sees its own task's loss, so summing the head rows gives its gradient.
+      losses, stats, jac_shared, jac_heads = _param_rows(cfg, loss_fn, features_fns, params,
+                                                         batch, num_tasks)
+      head_grads = _sum_tasks(jac_heads)
+      update, weights, agg_state = agg(jac_shared, state=agg_state, key=key)
     new_state = {"agg": agg_state} if agg.stateful else {}
     weights = jnp.zeros((num_tasks,)) if weights is None else weights
     return {**update, HEADS: head_grads}, losses, weights, new_state, stats
@@ -172,27 +347,22 @@ def _aggregate(cfg: MTLConfig, agg, num_tasks: int, loss_fn) -> MTLMethod:
 
 def _features(agg, num_tasks: int, features_fns) -> MTLMethod:
   """Representation-level aggregation (MGDA-UB style) on dL_t/dz."""
-  if features_fns is None:
-    raise ValueError("mtl.mode='features' needs a model with encode() and heads()")
-  prepare, encode, head_loss = features_fns
 
-  def init():
+  def init(params=None):
     return {"agg": agg.init(num_tasks)} if agg.stateful else {}
 
   def grads(params, batch, state, step, key):
-    shared, heads = split_heads(params)
-    x, labels = prepare(batch)
-    z, enc_vjp = jax.vjp(lambda s: encode({**s, HEADS: heads}, x), shared)
-    losses, head_vjp, stats = jax.vjp(lambda h, zz: head_loss({**shared, HEADS: h}, zz, labels),
-                                      heads, z, has_aux=True)
-    eye = jnp.eye(num_tasks, dtype=losses.dtype)
-    zgrads = jax.vmap(lambda e: head_vjp(e)[1])(eye)                  # [T, *z.shape]
-    weights, agg_state = agg.weights(agg_lib.gramian(zgrads), state=state.get("agg"), key=key)
-    _, z_cot = head_vjp(weights)
-    # Heads: each task's own gradient (unweighted), as in the parameter-level mode.
-    head_g = jax.grad(lambda h: jnp.sum(head_loss({**shared, HEADS: h}, z, labels)[0]))(heads)
+    losses, stats, zgrads, head_rows, enc_vjp = _feature_rows(features_fns, params, batch,
+                                                              num_tasks)
+    if isinstance(agg, agg_lib.GradDrop):  # element-wise on the activations' gradients
+      z_cot, weights, agg_state = agg(zgrads, state=state.get("agg"), key=key)
+      weights = jnp.zeros((num_tasks,))
+    else:
+      weights, agg_state = agg.weights(agg_lib.gramian(zgrads), state=state.get("agg"), key=key)
+      z_cot = agg_lib.combine(zgrads, weights)
     (shared_g,) = enc_vjp(z_cot)
+    # Heads: each task's own gradient (unweighted), as in the parameter-level mode.
     new_state = {"agg": agg_state} if agg.stateful else {}
-    return {**shared_g, HEADS: head_g}, losses, weights, new_state, stats
+    return {**shared_g, HEADS: _sum_tasks(head_rows)}, losses, weights, new_state, stats
 
   return MTLMethod(init, grads, _identity)

@@ -43,7 +43,7 @@ def state_shardings(abstract_state: TrainState, param_shardings: Any,
 
 
 def make_init(model_fn: Callable[[nnx.Rngs], nnx.Module], optimizer: optax.GradientTransformation,
-              mtl_init: Callable[[], Any], seed: int):
+              mtl_init: Callable[[Any], Any], seed: int):
   """Returns init(key) -> TrainState, to be jitted with out_shardings.
 
   Parameters are created inside the jit and constrained to their sharding
@@ -57,7 +57,7 @@ def make_init(model_fn: Callable[[nnx.Rngs], nnx.Module], optimizer: optax.Gradi
     if param_shardings is not None:
       params = jax.lax.with_sharding_constraint(params, param_shardings)
     return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      opt_state=optimizer.init(params), mtl_state=mtl_init(),
+                      opt_state=optimizer.init(params), mtl_state=mtl_init(params),
                       rng=jax.random.key_data(jax.random.fold_in(key, 1)))
   return init
 

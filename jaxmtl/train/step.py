@@ -35,7 +35,11 @@ def _rms(tree) -> jax.Array:
 
 
 def make_features_fns(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec):
-  """(prepare, encode, head_loss) for representation-level MTL methods."""
+  """(prepare, encode, head_loss, task_head_loss) for representation-level MTL methods.
+
+  `task_head_loss(params, z, labels, i)` is task i's loss alone: only head i is used, so its
+  gradient costs one head backward (XLA drops the other heads' dead forward), not T of them.
+  """
   def prepare(batch):
     return tasks_lib.prepare_batch(spec, batch)
 
@@ -45,7 +49,12 @@ def make_features_fns(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec):
   def head_loss(params, z, labels):
     logits = nnx.merge(graphdef, params).heads(z)
     return tasks_lib.task_losses(spec.tasks, logits, labels)
-  return prepare, encode, head_loss
+
+  def task_head_loss(params, z, labels, i):
+    task = spec.tasks[i]
+    logits = nnx.merge(graphdef, params).heads(z)[task.name]
+    return tasks_lib.task_losses([task], {task.name: logits}, labels)[0][0]
+  return prepare, encode, head_loss, task_head_loss
 
 
 def make_train_step(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec,

@@ -19,7 +19,7 @@ import dataclasses
 from typing import Any
 
 from jaxmtl.mtl.aggregators.base import (Aggregator, combine, gramian, normalize_gramian,
-                                         num_tasks, regularize_gramian)
+                                         num_tasks, regularize_gramian, sum_tasks)
 from jaxmtl.mtl.aggregators.others import (AlignedMTL, CAGrad, GradDrop, NashMTL,
                                            cagrad_direction, graddrop_update)
 from jaxmtl.mtl.aggregators.projection import (IMTLG, MGDA, DualProj, Mean, PCGrad, UPGrad,
@@ -60,5 +60,5 @@ __all__ = [
     "AGGREGATORS", "Aggregator", "AlignedMTL", "CAGrad", "DualProj", "GradDrop", "IMTLG", "MGDA",
     "Mean", "NashMTL", "PCGrad", "UPGrad", "cagrad_direction", "combine", "graddrop_update",
     "gramian", "make_aggregator", "min_norm_weights", "normalize_gramian", "num_tasks",
-    "pcgrad_weights", "regularize_gramian",
+    "pcgrad_weights", "regularize_gramian", "sum_tasks",
 ]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxmtl.mtl import qp
 from jaxmtl.mtl.aggregators.base import (Aggregator, PyTree, check_pref_vector,
                                          normalize_gramian, num_tasks, pref_weights,
-                                         regularize_gramian)
+                                         regularize_gramian, sum_tasks)
 
 __all__ = [
     "CAGrad", "AlignedMTL", "NashMTL", "GradDrop", "graddrop_update", "cagrad_direction",
@@ -281,12 +281,12 @@ def graddrop_update(jacobian: PyTree, uniform: PyTree, leak: jax.Array | None = 
   def one(leaf, u):
     acc = jnp.promote_types(leaf.dtype, jnp.float32)
     x = leaf.astype(acc)
-    s, a = jnp.sum(x, axis=0), jnp.sum(jnp.abs(x), axis=0)
+    s, a = sum_tasks(x), sum_tasks(jnp.abs(x))
     p = 0.5 * (1.0 + s / jnp.where(a > 0, a, 1.0))
     fp = p if f is None else f(p)
     keep = ((fp > u)[None] & (x > 0)) | ((fp < u)[None] & (x < 0))
     lk = leak.astype(acc).reshape((n,) + (1,) * (x.ndim - 1))
-    return jnp.sum((lk + (1 - lk) * keep.astype(acc)) * x, axis=0).astype(leaf.dtype)
+    return sum_tasks((lk + (1 - lk) * keep.astype(acc)) * x).astype(leaf.dtype)
 
   return jax.tree_util.tree_map(one, jacobian, uniform)
 
