@@ -301,8 +301,13 @@ def main():
     print(f"# {time.time() - t0:.0f} s; {workdir.value}/benchmark.md, benchmark.json, "
           "benchmark.png")
     if docs.value:
-      command = "python tools/mtl_benchmark.py " + " ".join(
-          a for a in sys.argv[1:] if not a.startswith("--update_docs"))
+      args, skip = [], False
+      for a in sys.argv[1:]:   # the command without --update_docs (and its value)
+        if skip or a.startswith("--update_docs"):
+          skip = not skip and a == "--update_docs"
+          continue
+        args.append(a)
+      command = "python tools/mtl_benchmark.py " + " ".join(args)
       update_docs(pathlib.Path(docs.value), pathlib.Path(workdir.value), command)
   app.run(_main)
 
