@@ -9,6 +9,10 @@ With the multi-task vector ``tau_MTL`` (task-arithmetic sum, or the TIES merged 
 ``m_t = |theta_0 - theta_t| > lambda * |theta_MTL - theta_t|``, i.e.
 ``|tau_t| > lambda * |tau_MTL - tau_t|``. Consensus keeps entries active in at least ``k``
 tasks: ``theta = theta_0 + scaling * tau_MTL * [sum_t m_t >= k]``.
+
+:func:`consensus` runs one fused kernel per leaf (:func:`jaxmtl.merging.methods._fused.
+consensus_leaf`); with ``base="ties"`` and the global official trim it takes the thresholds from
+:func:`jaxmtl.merging.methods.sparse.global_ties_thresholds` (outside ``jax.jit``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmtl.merging.methods import _common
-from jaxmtl.merging.methods.sparse import ties_deltas
+from jaxmtl.merging.methods import _common, _fused
+from jaxmtl.merging.methods.sparse import _check_ties_options as _check_ties
+from jaxmtl.merging.methods.sparse import eager_units, global_ties_thresholds, ties_deltas
+from jaxmtl.merging.task_vectors import compute_dtype
 from jaxmtl.merging.task_vectors import Exclude
 
 PyTree = Any
@@ -114,9 +120,46 @@ def consensus(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
   _check_ties_options("consensus", ties_options)
   if scaling is None:
     scaling = 0.3 if base == "task_arithmetic" else 1.0
+  opts = dict(density=0.2, trim_scope="global", topk_rule="official", sign="mass",
+              merge="disjoint_mean")
+  opts.update(ties_options or {})
+  fused = base == "task_arithmetic" or (opts["trim_scope"] == "global"
+                                         and opts["topk_rule"] == "official")
+  if fused:
+    flat = _common.flatten(pretrained, finetuned, task_vectors, exclude, "consensus")
+    leaves = flat.pre + [x for o in flat.others for x in o]
+    if base == "task_arithmetic":
+      traced = _fused.is_traced(*leaves, tall_mask_lambda, scaling)
+      units = _fused.leaf_units(flat, pack=False) if traced else eager_units(flat)
+      return _consensus_fused(flat, units, None, True, k, base, None, "sum", tall_mask_lambda,
+                              scaling, traced)
+    if not _fused.is_traced(*leaves) and all(
+        compute_dtype(flat.pre[i].dtype) == jnp.float32 for i in flat.merged_indices):
+      _check_ties(*(opts[n] for n in ("density", "trim_scope", "topk_rule", "sign", "merge")))
+      units = eager_units(flat)
+      thr, keep_all = global_ties_thresholds(flat, float(opts["density"]), units)
+      return _consensus_fused(flat, units, thr, keep_all, k, base, opts["sign"], opts["merge"],
+                              tall_mask_lambda, scaling,
+                              _fused.is_traced(tall_mask_lambda, scaling))
   return _consensus(pretrained, finetuned, task_vectors, tall_mask_lambda, scaling, k=k,
                     base=base, ties_options=_common.freeze(ties_options or {}),
                     exclude=_common.freeze(exclude))
+
+
+def _consensus_fused(flat, units, thr, keep_all, k, base, sign, merge, lam, scaling, traced):
+  thr = jnp.zeros((flat.num_tasks,), jnp.uint32) if thr is None else thr
+  kw = dict(is_tv=flat.is_tv, keep_all=keep_all)
+
+  def kernel(u, a, others, majority, mark):
+    del u
+    # the consensus mask zeroes entries that still vote: the vote comes from the TIES sum
+    return _fused.consensus_leaf(a, others, thr, majority, lam, scaling, k=k, base=base,
+                                 sign=sign, merge=merge, mark=mark, sign_from_out=False, **kw)
+
+  return _fused.run_leafwise(
+    flat, units, kernel, elect=base == "ties" and sign == "mass", traced=traced,
+    signsum=lambda u: _fused.signsum_leaf(u.pre, u.others, thr, **kw),
+    entry_signs=lambda a, others: _fused.ties_signs(a, others, thr, **kw))
 
 
 @_common.jit_static("k", "base", "ties_options")

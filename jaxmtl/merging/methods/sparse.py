@@ -1,6 +1,6 @@
 """Sparsify-then-combine merges: TIES, DARE, Model Breadcrumbs, DELLA.
 
-All four share two steps applied to the stacked task vectors ``[T, *s]`` of every merged leaf:
+All four share two steps applied to the task vectors ``[T, *s]`` of every merged leaf:
 
 1. *sparsify* each task vector (top-k magnitudes, random drop, outlier+small removal, or
    magnitude-ranked random drop), optionally rescaling what is kept;
@@ -12,6 +12,13 @@ Row-wise options ("row") treat the *last* axis as the row: for a 2-D leaf ``[R, 
 ``R`` rows of ``n`` entries is handled separately, which matches PyTorch ``weight[out, in]``
 references row for row; 0-/1-D leaves are a single row; higher-rank leaves are reshaped to
 ``[-1, s[-1]]``.
+
+TIES with the global trim (official top-k rule) and DARE run fused per-leaf kernels
+(:mod:`jaxmtl.merging.methods._fused`); global TIES finds its per-task thresholds with the exact
+sample-count-extract selection of :mod:`jaxmtl.merging.methods._select` when called outside
+``jax.jit``, and with the radix select :func:`batched_topk_threshold` when traced. The other
+options work on the stacked ``[T, *s]`` task vectors (:func:`jaxmtl.merging.methods._common.
+prepare`).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmtl.merging.methods import _common
+from jaxmtl.merging.methods import _common, _fused, _select
 from jaxmtl.merging.methods.topk import batched_topk_threshold
+from jaxmtl.merging.task_vectors import compute_dtype
 from jaxmtl.merging.task_vectors import Exclude
 
 PyTree = Any
@@ -271,9 +279,74 @@ def ties(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
     pytree with ``pretrained``'s structure, shapes and dtypes.
   """
   _check_ties_options(density, trim_scope, topk_rule, sign, merge)
+  if trim_scope == "global" and topk_rule == "official":
+    flat = _common.flatten(pretrained, finetuned, task_vectors, exclude, "ties")
+    leaves = flat.pre + [x for o in flat.others for x in o]
+    if not _fused.is_traced(*leaves) and all(
+        compute_dtype(flat.pre[i].dtype) == jnp.float32 for i in flat.merged_indices):
+      return _ties_global(flat, float(density), sign, merge, scaling)
   return _ties(pretrained, finetuned, task_vectors, scaling, density=float(density),
                trim_scope=trim_scope, topk_rule=topk_rule, sign=sign, merge=merge,
                exclude=_common.freeze(exclude))
+
+
+def global_ties_thresholds(flat: _common.Flat, density: float,
+                           units: Sequence[_fused.Unit] | None = None) -> tuple[jax.Array, bool]:
+  """Per-task official global TIES thresholds as keys ``bitcast(|tau|)`` (``uint32 [T]``).
+
+  Keeps ``|tau_t| >=`` the ``(int(d * density) + 1)``-th largest magnitude of task ``t`` over
+  the ``d`` merged entries (prateeksy/ties-merging ``topk_values_mask``), found exactly by
+  :func:`jaxmtl.merging.methods._select.kth_largest_keys` (concrete arrays only). Returns
+  ``(keys, keep_all)``; ``keep_all`` when ``int(d * density) >= d``.
+  """
+  d = sum(int(flat.pre[i].size) for i in flat.merged_indices)
+  m = int(d * density)
+  if m >= d:
+    return jnp.zeros((flat.num_tasks,), jnp.uint32), True
+  if units is None:
+    units = _fused.leaf_units(flat, pack=False)
+  leaves = [u.pre for u in units] + [x for u in units for x in u.others]
+  keys = _select.kth_largest_keys([u.pre for u in units],
+                                  [[u.others[t] for u in units] for t in range(flat.num_tasks)],
+                                  flat.is_tv, m + 1, host=not _fused.is_sharded(*leaves))
+  return jnp.asarray(keys), False
+
+
+def eager_units(flat: _common.Flat) -> list[_fused.Unit]:
+  """Work units for the eager fused paths: small leaves packed unless an input is sharded."""
+  leaves = flat.pre + [x for o in flat.others for x in o]
+  return _fused.leaf_units(flat, pack=not _fused.is_sharded(*leaves))
+
+
+def _ties_global(flat, density, sign, merge, scaling):
+  if not flat.merged_indices:
+    return flat.unflatten(flat.pre)
+  units = eager_units(flat)
+  thr, keep_all = global_ties_thresholds(flat, density, units)
+  kw = dict(is_tv=flat.is_tv, keep_all=keep_all)
+  traced = _fused.is_traced(scaling)
+  sfo = sign_from_out(flat, scaling, traced)
+
+  def kernel(u, a, others, majority, mark):
+    del u
+    return _fused.ties_leaf(a, others, thr, majority, scaling, sign=sign, merge=merge, mark=mark,
+                            sign_from_out=sfo, **kw)
+
+  return _fused.run_leafwise(
+    flat, units, kernel, elect=sign == "mass", traced=traced,
+    signsum=lambda u: _fused.signsum_leaf(u.pre, u.others, thr, **kw),
+    entry_signs=lambda a, others: _fused.ties_signs(a, others, thr, **kw))
+
+
+def sign_from_out(flat: _common.Flat, scaling: Any, traced: bool) -> bool:
+  """Whether the majority vote can be read off the outputs (float32, concrete non-zero
+  ``scaling``; see ``_fused._finish``)."""
+  if traced or any(flat.pre[i].dtype != jnp.float32 for i in flat.merged_indices):
+    return False
+  try:
+    return float(scaling) != 0
+  except (TypeError, ValueError):
+    return False
 
 
 @_common.jit_static("density", "trim_scope", "topk_rule", "sign", "merge")
@@ -334,20 +407,21 @@ def dare(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
   _common.check_choice("dare", "rescale", rescale, (None, "paper", "mergekit"))
   _common.check_choice("dare", "sign", sign, _SIGNS)
   _common.check_choice("dare", "merge", merge, _MERGES)
-  return _dare(pretrained, finetuned, task_vectors, key, scaling, keep_prob=1.0 - float(drop_rate),
-               rescale=rescale, sign=sign, merge=merge, exclude=_common.freeze(exclude))
+  flat = _common.flatten(pretrained, finetuned, task_vectors, exclude, "dare")
+  kw = dict(is_tv=flat.is_tv, keep_prob=1.0 - float(drop_rate), rescale=rescale)
 
+  leaves = flat.pre + [x for o in flat.others for x in o]
+  traced = _fused.is_traced(*leaves, key, scaling)
 
-@_common.jit_static("keep_prob", "rescale", "sign", "merge")
-def _dare(pretrained, finetuned, task_vectors, key, scaling, *, keep_prob, rescale, sign, merge,
-          exclude):
-  prep = _common.prepare(pretrained, finetuned, task_vectors, exclude, "dare")
-  draws = [None if s is None else jax.random.uniform(jax.random.fold_in(key, i), s.shape)
-           for i, s in enumerate(prep.stacks)]
-  keeps = [[None if u is None else u[t] < keep_prob for u in draws]
-           for t in range(prep.num_tasks)]
-  deltas = dare_deltas_from_masks(prep, keeps, keep_prob, rescale, sign, merge)
-  return _common.finish(prep, deltas, scaling)
+  sfo = sign_from_out(flat, scaling, traced)
+
+  def kernel(u, a, others, majority, mark):   # leaf i draws its masks from fold_in(key, i)
+    return _fused.dare_leaf(a, others, key, u.indices[0], majority, scaling, sign=sign,
+                            merge=merge, mark=mark, sign_from_out=sfo, **kw)
+
+  return _fused.run_leafwise(
+    flat, _fused.leaf_units(flat, pack=False), kernel, elect=sign == "mass", traced=traced,
+    signsum=lambda u: _fused.dare_signsum_leaf(u.pre, u.others, key, u.indices[0], **kw))
 
 
 # --------------------------------------------------------------------------------- Breadcrumbs
