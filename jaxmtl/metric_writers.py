@@ -15,12 +15,15 @@ from typing import Any, Mapping
 import jax
 
 # Peak dense bf16 FLOP/s per device for MFU (vendor datasheets; dense, no sparsity).
+# Dense bf16 peaks from the datasheets. "cpu" has no datasheet peak: it is the f32 throughput of
+# a large jitted matmul on the 2-core CI VM (270 GFLOP/s, jax 0.10.2), so a CPU MFU reads as a
+# fraction of what XLA's best kernel reaches there (tools/bench_train.py measures it per run).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5p": 459e12,
-              "TPU v5 lite": 197e12, "TPU v4": 275e12, "cpu": 50e9}
+              "TPU v5 lite": 197e12, "TPU v4": 275e12, "cpu": 270e9}
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float:
-  """Best-known peak FLOP/s of a device (CPU: ~50 GFLOP/s measured here)."""
+  """Best-known peak FLOP/s of a device (CPU: a measured matmul, see PEAK_FLOPS)."""
   device = device or jax.devices()[0]
   kind = getattr(device, "device_kind", "cpu")
   for name, flops in PEAK_FLOPS.items():

@@ -57,3 +57,32 @@ def test_nan_loss_stops_naming_step_and_task(data_dir, tmp_path):
                                  "optim.schedule": "constant"})
   with pytest.raises(loop.NonFiniteLoss, match=r"step \d+ in task\(s\) \['(left|right)'"):
     loop.train(cfg, tmp_path)
+
+
+def test_param_stats_only_on_logged_steps(data_dir, tmp_path):
+  """grad_norm / param_rms are computed on logged steps (finite there, NaN elsewhere, never
+  written); update_rms only when train.log_update_rms."""
+  cfg = tiny_config(data_dir, **{"train.steps": 7, "train.log_every": 3})
+  exp = loop.build(cfg, jax.devices()[:1])
+  from jaxmtl.data import pipeline
+  it = pipeline.train_iterator(exp.data, cfg.data.batch_size, exp.mesh)
+  step = loop.compile_train_step(exp, it.element_spec)
+  state = loop.init_state(exp)
+  seen = {}
+  for s in range(1, 8):
+    state, m = step(state, next(it))
+    seen[s] = (float(m["grad_norm"]), float(m["param_rms"]))
+    assert "update_rms" not in m
+  for s, (g, p) in seen.items():
+    logged = s % 3 == 0 or s == 7
+    assert np.isfinite(g) == logged and np.isfinite(p) == logged, (s, g, p)
+  rows = [json.loads(l) for l in (loop.train(cfg, tmp_path / "a") and
+                                  (tmp_path / "a" / "metrics.jsonl")).read_text().splitlines()]
+  train_rows = [r for r in rows if "train/grad_norm" in r]
+  assert [r["step"] for r in train_rows] == [3, 6, 7]
+  assert all(np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0 for r in train_rows)
+  cfg_u = tiny_config(data_dir, **{"train.steps": 3, "train.log_every": 3,
+                                   "train.log_update_rms": True})
+  loop.train(cfg_u, tmp_path / "b")
+  rows = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+  assert any(r.get("train/update_rms", 0) > 0 for r in rows)

@@ -4,11 +4,18 @@ Both steps use the same model (graphdef + params), the same batch and AdamW;
 the baseline has no per-parameter μP scaling, no loss-combination hook and no
 metrics beyond the loss. Prints one JSON line per case:
 
-  {"case", "device", "params", "batch", "jaxmtl_ms", "baseline_ms", "overhead",
-   "tokens_per_s" | "examples_per_s", "mfu"}
+  {"case", "device", "params", "batch", "jaxmtl_ms", "baseline_ms", "overhead", "rounds",
+   "tokens_per_s" | "examples_per_s", "step_gflop", "achieved_tflops", "peak_tflops",
+   "peak_source", "mfu"}
 
-MFU uses the analytic FLOPs of `jaxmtl.train.loop.step_flops` (6 N per token
-plus causal attention, halved) over the device's peak (metric_writers.PEAK_FLOPS).
+Timing is interleaved: `--rounds` blocks of `--steps` steps of each side in turn; `overhead`
+is the median over rounds of (jaxmtl block / baseline block). The jaxmtl step is the one the
+loop compiles (it computes grad-norm / parameter / update RMS only on logged steps).
+
+MFU uses the analytic FLOPs of `jaxmtl.train.loop.step_flops` (6 N per token plus causal
+attention, halved) over the device's peak: the datasheet value on GPU/TPU
+(metric_writers.PEAK_FLOPS), and on CPU the throughput of a 2048² f32 matmul measured in the
+same run (a CPU has no meaningful datasheet peak for XLA).
 
   python tools/bench_train.py                      # CPU cases (quick)
   python tools/bench_train.py --case lm100m --dtype bfloat16   # ~100M LM, for a GPU
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import jax
@@ -66,10 +74,8 @@ def baseline_step(graphdef, spec: tasks_lib.DataSpec, lr: float):
   return opt, jax.jit(step, donate_argnums=(0, 1))
 
 
-def _time(fn, n: int) -> float:
-  """Median-free simple timing: n calls after 2 warm-up calls, blocking at the end."""
-  for _ in range(2):
-    jax.block_until_ready(fn())
+def _block(fn, n: int) -> float:
+  """Seconds per call of n calls, blocking at the end (the steps pipeline as in training)."""
   t = time.perf_counter()
   out = None
   for _ in range(n):
@@ -78,7 +84,32 @@ def _time(fn, n: int) -> float:
   return (time.perf_counter() - t) / n
 
 
-def bench(case: str, dtype: str, steps: int) -> dict:
+def _paired(ours, theirs, n: int, rounds: int) -> tuple[float, float, float]:
+  """Interleaved timing: every round times a block of `ours`, then one of `theirs`.
+
+  Returns (median ours s, median theirs s, median of the per-round ratios), so both sides of a
+  ratio see the same machine state (other jobs, frequency) -- steadier than two long blocks.
+  """
+  for fn in (ours, theirs):
+    for _ in range(2):
+      jax.block_until_ready(fn())
+  a, b = [], []
+  for _ in range(rounds):
+    a.append(_block(ours, n))
+    b.append(_block(theirs, n))
+  ratios = [x / y for x, y in zip(a, b)]
+  return statistics.median(a), statistics.median(b), statistics.median(ratios)
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
+  """FLOP/s of a jitted [n, n] @ [n, n] f32 matmul: the CPU's practical peak for XLA."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  return 2 * n ** 3 / _block(lambda: f(a), reps)
+
+
+def bench(case: str, dtype: str, steps: int, rounds: int = 5) -> dict:
   cfg = make_config(case, dtype)
   exp = loop.build(cfg, jax.devices()[:1])
   state = loop.init_state(exp)
@@ -90,7 +121,6 @@ def bench(case: str, dtype: str, steps: int) -> dict:
   def run_ours():
     holder["s"], m = step(holder["s"], batch)
     return m["loss"]
-  ours = _time(run_ours, steps)
 
   opt, base = baseline_step(exp.graphdef, exp.spec, cfg.optim.lr)
   params = jax.tree.map(jnp.copy, holder["s"].params)
@@ -99,15 +129,21 @@ def bench(case: str, dtype: str, steps: int) -> dict:
   def run_base():
     bh["p"], bh["o"], loss = base(bh["p"], bh["o"], batch)
     return loss
-  theirs = _time(run_base, steps)
+  ours, theirs, ratio = _paired(run_ours, run_base, steps, rounds)
 
   flops = loop.step_flops(exp, it.element_spec)
   n_params = sum(x.size for x in jax.tree.leaves(holder["s"].params))
   out = {"case": case, "device": jax.devices()[0].device_kind, "dtype": dtype,
          "params": int(n_params), "batch": cfg.data.batch_size,
          "jaxmtl_ms": round(ours * 1e3, 3), "baseline_ms": round(theirs * 1e3, 3),
-         "overhead": round(ours / theirs, 4),
-         "mfu": round(flops / ours / peak_flops_per_device(), 4)}
+         "overhead": round(ratio, 4), "rounds": rounds}
+  if jax.devices()[0].platform == "cpu":   # no datasheet peak: XLA's best matmul, measured now
+    peak, source = matmul_flops_per_s(), "measured 2048^2 f32 matmul"
+  else:
+    peak, source = peak_flops_per_device(), "datasheet (metric_writers.PEAK_FLOPS)"
+  out.update(step_gflop=round(flops / 1e9, 3), achieved_tflops=round(flops / ours / 1e12, 4),
+             peak_tflops=round(peak / 1e12, 4), peak_source=source,
+             mfu=round(flops / ours / peak, 4))
   if exp.spec.tasks[0].kind == "lm":
     out["tokens_per_s"] = round(cfg.data.batch_size * exp.spec.input_shape[0] / ours, 1)
   else:
@@ -120,10 +156,11 @@ def main():
   ap.add_argument("--case", action="append", choices=sorted(CASES),
                   help="repeatable; default: mlp and lm_small")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
+  ap.add_argument("--rounds", type=int, default=7, help="interleaved blocks per side")
   args = ap.parse_args()
   for case in args.case or ["mlp", "lm_small"]:
-    print(json.dumps(bench(case, args.dtype, args.steps)), flush=True)
+    print(json.dumps(bench(case, args.dtype, args.steps, args.rounds)), flush=True)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,10 @@ def init_state(exp: Experiment) -> state_lib.TrainState:
 
 def compile_train_step(exp: Experiment, batch_spec: dict[str, jax.ShapeDtypeStruct]):
   """The jitted step with explicit shardings; the state is donated."""
-  step = make_train_step(exp.graphdef, exp.spec, exp.optimizer, exp.mtl)
+  tc = exp.cfg.train
+  step = make_train_step(exp.graphdef, exp.spec, exp.optimizer, exp.mtl,
+                         stats_every=tc.log_every, total_steps=tc.steps,
+                         update_rms=tc.log_update_rms)
   batch_sh = {k: v.sharding for k, v in batch_spec.items()}
   return jax.jit(step, in_shardings=(exp.shardings, batch_sh),
                  out_shardings=(exp.shardings, mesh_lib.replicated(exp.mesh)), donate_argnums=0)
