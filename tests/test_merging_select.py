@@ -53,3 +53,18 @@ def test_eager_global_ties_equals_traced_radix_path():
   traced = jax.jit(lambda p, f: M.ties(p, f, density=0.2))(pre_j, fts_j)
   for n in SHAPES:
     np.testing.assert_allclose(np.asarray(eager[n]), np.asarray(traced[n]), rtol=0, atol=1e-7)
+
+
+def test_diagnostics_are_collected_only_when_asked():
+  from jaxmtl.merging.methods import diagnostics
+  pre, fts = _trees(2, 2)
+  pre_j = jax.tree.map(jnp.asarray, pre)
+  fts_j = [jax.tree.map(jnp.asarray, f) for f in fts]
+  with diagnostics.collect() as stats:
+    M.ties(pre_j, fts_j, density=0.2)
+  assert stats.get("full_passes", 0) >= 1
+  with diagnostics.collect() as other:
+    pass
+  assert other == {}
+  M.ties(pre_j, fts_j, density=0.2)          # outside collect(): nothing recorded anywhere
+  assert stats.get("full_passes", 0) >= 1 and other == {}

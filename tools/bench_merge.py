@@ -153,7 +153,7 @@ def main() -> None:
   global _CLOCK
   _CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
   import jaxmtl.merging as M  # pylint: disable=g-import-not-at-top
-  from jaxmtl.merging.methods import _fused, _select  # pylint: disable=g-import-not-at-top
+  from jaxmtl.merging.methods import diagnostics  # pylint: disable=g-import-not-at-top
 
   shapes = transformer_shapes(args.params)
   n = sum(int(np.prod(s)) for s in shapes.values())
@@ -185,10 +185,10 @@ def main() -> None:
   floor_first = {k: _run(fn) for k, fn in floors_fns.items()}
   first = {}
   for name, fn in cases.items():
-    first[name] = _run(fn)
+    with diagnostics.collect() as stats:
+      first[name] = _run(fn)
     if name == "ties_global":
-      first["ties_stats"] = dict(_select.last_stats, **{f"fix_{k}": v for k, v in
-                                                        _fused.last_fix.items()})
+      first["ties_stats"] = stats
   floors, times = [], {name: [] for name in cases}
   for _ in range(args.reps):
     floors.append(min(_run(fn) for fn in floors_fns.values()))

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxmtl.merging.methods import diagnostics
 from jaxmtl.merging.task_vectors import compute_dtype
 
 __all__ = ["is_traced", "is_sharded", "linear_leaf", "ties_leaf", "signsum_leaf", "dare_leaf",
@@ -489,8 +490,6 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], size - x.size)]) if size > x.size else x
 
 
-# What the last eager elected merge had to fix (tests, tools/bench_merge.py).
-last_fix: dict[str, int] = {}
 
 
 def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None,
@@ -520,7 +519,6 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
     for u in units:
       _store(flat, out, u, kernel(u, u.pre, u.others, maj, False)[0])
     return flat.unflatten(out)
-  last_fix.clear()
   plus = jnp.int32(1)
   res = [kernel(u, u.pre, u.others, plus, elect) for u in units]
   vals = [r[0] for r in res]
@@ -531,12 +529,12 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
       votes = np.asarray(jnp.stack([a[0] for a in auxes])).astype(np.int64)
       vote = int(votes.sum())
       bad = [i for i in range(len(units)) if counts[i]]
-      last_fix.update(units=len(bad), entries=int(counts.sum()))
+      diagnostics.record(fix_units=len(bad), fix_entries=int(counts.sum()))
       if entry_signs is None:
         for i in bad:   # recount the flagged units exactly, then redo them
           vote += int(signsum(units[i])) - int(votes[i])
         maj = jnp.int32(np.sign(vote))
-        last_fix["majority"] = int(np.sign(vote))
+        diagnostics.record(fix_majority=int(np.sign(vote)))
         for i in bad:
           vals[i] = kernel(units[i], units[i].pre, units[i].others, maj, False)[0]
       else:
@@ -564,7 +562,7 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
           vote += int(sg.astype(np.int64).sum())
           gathered.append((items, g_pre, g_oth, n))
         maj = jnp.int32(np.sign(vote))
-        last_fix["majority"] = int(np.sign(vote))
+        diagnostics.record(fix_majority=int(np.sign(vote)))
         for items, g_pre, g_oth, n in gathered:
           new = np.asarray(kernel(units[items[0][0]], g_pre, g_oth, maj, False)[0])[:n]
           start = 0

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmtl.merging.methods import diagnostics
 from jaxmtl.merging.methods._fused import (MAX_TASKS_PER_PASS, code_leaf, edges_per_task,
                                            host_keys, keys_leaf, sub_size)
 
@@ -47,8 +48,6 @@ _MAX_PASSES = 64
 _KEY_END = 1 << 32        # one past the largest uint32 key
 _INF_KEY = 0x7F800000
 
-# Stats of the last call, for tests and tools/bench_merge.py: passes of each kind, extraction.
-last_stats: dict[str, int] = {}
 
 
 def kth_largest_keys(pre: Sequence, others: Sequence[Sequence], is_tv: bool, k: int, *,
@@ -64,7 +63,6 @@ def kth_largest_keys(pre: Sequence, others: Sequence[Sequence], is_tv: bool, k: 
   Returns:
     ``uint32 [T]`` keys; ``view(float32)`` gives the threshold magnitudes.
   """
-  last_stats.clear()
   t_all = len(others)
   out = np.zeros(t_all, np.uint32)
   for t0 in range(0, t_all, MAX_TASKS_PER_PASS):
@@ -74,7 +72,7 @@ def kth_largest_keys(pre: Sequence, others: Sequence[Sequence], is_tv: bool, k: 
 
 
 def _bump(name: str, n: int = 1) -> None:
-  last_stats[name] = last_stats.get(name, 0) + n
+  diagnostics.bump(name, n)   # counted only inside diagnostics.collect()
 
 
 def _host_flat(x) -> np.ndarray:
