@@ -30,16 +30,13 @@ def main():
 
   def _main(argv):
     del argv
-    from absl import logging
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)  # TFDS and orbax log every load at INFO
-    import jax
     import tensorflow_datasets as tfds
+
+    from jaxmtl.cli import common
+    common.quiet_logging(flags.FLAGS["verbosity"].present)
     tfds.disable_progress_bar()  # embedded datasets build on first use; one line each is enough
     if cache.value:
-      jax.config.update("jax_compilation_cache_dir",
-                        str(pathlib.Path(workdir.value).resolve() / "xla_cache"))
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+      common.enable_compilation_cache(pathlib.Path(workdir.value) / "xla_cache", 0.5)
     from jaxmtl import config as config_lib
     from jaxmtl.merging import benchmark
     t0 = time.time()

@@ -214,14 +214,10 @@ def main():
 
   def _main(argv):
     del argv
-    from absl import logging
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset load at INFO
+    from jaxmtl.cli import common
+    common.quiet_logging(flags.FLAGS["verbosity"].present)
     if cache.value:
-      import jax
-      jax.config.update("jax_compilation_cache_dir",
-                        str(pathlib.Path(workdir.value).resolve() / "xla_cache"))
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+      common.enable_compilation_cache(pathlib.Path(workdir.value) / "xla_cache")
     t0 = time.time()
     out = sweep(cfg.value, workdir.value)
     print(markdown_table(out))

@@ -47,10 +47,8 @@ if str(ROOT) not in sys.path:
 
 
 def enable_compile_cache(path: str | pathlib.Path) -> None:
-  import jax
-  jax.config.update("jax_compilation_cache_dir", str(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  from jaxmtl.cli import common
+  common.enable_compilation_cache(path)
 
 
 def _tokens_per_flop(rows: Sequence[dict[str, Any]]):
