@@ -190,6 +190,15 @@ def load_like(path: pathlib.Path, template: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda p, _: jnp.asarray(flat[path_str(p)]), template)
 
 
+def cached_init(cache: pathlib.Path, key: str, params: Any) -> tuple[pathlib.Path, str]:
+  """``(cache/init-<hash>.npz, hash)`` of ``key``: the warm start of a stage, written once."""
+  h = hashlib.sha256(key.encode()).hexdigest()[:12]
+  path = cache / f"init-{h}.npz"
+  if not path.exists():
+    save_params(path, params)
+  return path, h
+
+
 @dataclasses.dataclass
 class Stage:
   name: str
@@ -403,11 +412,8 @@ def run(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: 
     fts = {}
     for n, dataset in zip(suite.names, suite.datasets):
       init = {**backbone0, HEADS: {HEADS: {n: probes[n]}}} if bc.lpft else pre.params
-      init_hash = hashlib.sha256(f"{pre.hash}|{probe_file.name if bc.lpft else ''}|{n}"
-                                 .encode()).hexdigest()[:12]
-      init_file = cache / f"init-{init_hash}.npz"
-      if not init_file.exists():
-        save_params(init_file, init)
+      init_file, init_hash = cached_init(
+          cache, f"{pre.hash}|{probe_file.name if bc.lpft else ''}|{n}", init)
       ft_cfg = stage_config(base, {
           "seed": seed, "data.name": dataset, "data.mixture": (),
           "data.batch_size": bc.finetune_batch_size, "train.steps": bc.finetune_steps,
@@ -422,11 +428,8 @@ def run(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: 
     if "mtl" in methods:
       t0 = time.time()
       mtl_init = {**backbone0, HEADS: {HEADS: dict(probes)}} if bc.lpft else pre.params
-      mtl_hash = hashlib.sha256(f"{pre.hash}|{probe_file.name if bc.lpft else ''}|mtl"
-                                .encode()).hexdigest()[:12]
-      mtl_file = cache / f"init-{mtl_hash}.npz"
-      if not mtl_file.exists():
-        save_params(mtl_file, mtl_init)
+      mtl_file, mtl_hash = cached_init(
+          cache, f"{pre.hash}|{probe_file.name if bc.lpft else ''}|mtl", mtl_init)
       mtl_cfg = stage_config(base, {
           "seed": seed, "data.mixture": tuple(bc.tasks), "train.steps": bc.mtl_steps,
           "optim.lr": bc.mtl_lr, "optim.total_steps": bc.mtl_steps,

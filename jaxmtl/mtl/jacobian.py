@@ -48,6 +48,7 @@ __all__ = [
   "task_jacobian",
   "task_gramian",
   "split_task_gramian",
+  "map_rows",
   "feature_jacobian",
   "gramian_of",
   "combine",
@@ -71,8 +72,8 @@ def _check_chunk(chunk_size: int | None) -> None:
     raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
 
 
-def _map_rows(fn: Callable, rows: jax.Array, chunk_size: int | None,
-              unroll: bool = False) -> Any:
+def map_rows(fn: Callable, rows: jax.Array, chunk_size: int | None,
+             unroll: bool = False) -> Any:
   """Applies ``fn`` to every row: all at once (vmap), ``chunk_size`` at a time (lax.map), or
   (``unroll``) as T separate calls in the program, stacked."""
   if unroll:
@@ -108,7 +109,7 @@ def task_jacobian(loss_fn: LossFn, params: PyTree, batch: Any, *,
   losses = _check_losses(losses)
   _check_chunk(chunk_size)
   eye = jnp.eye(losses.shape[0], dtype=losses.dtype)
-  jac = _map_rows(lambda e: vjp_fn(e)[0], eye, chunk_size, unroll)
+  jac = map_rows(lambda e: vjp_fn(e)[0], eye, chunk_size, unroll)
   return losses, jac, aux
 
 
@@ -203,10 +204,10 @@ def split_task_gramian(loss_fn: Callable[..., tuple[jax.Array, Any]], shared: Py
     g_shared, g_private = vjp_fn(e)
     return jvp_fn(g_shared, zero_private).astype(jnp.float32), g_private
 
-  gram, per_task_private = _map_rows(row, eye, chunk_size, unroll)
+  gram, per_task_private = map_rows(row, eye, chunk_size, unroll)
   gram = 0.5 * (gram + gram.T)
-  private_grad = jax.tree_util.tree_map(lambda g: jnp.tensordot(
-    jnp.ones((g.shape[0],), g.dtype), g, axes=1), per_task_private)  # not g.sum(0): slow on CPU
+  from jaxmtl.mtl.aggregators.base import sum_tasks  # not g.sum(0): slow on CPU
+  private_grad = jax.tree_util.tree_map(sum_tasks, per_task_private)
 
   def combine_fn(weights: jax.Array) -> PyTree:
     weights = jnp.asarray(weights, losses.dtype)
@@ -245,5 +246,5 @@ def feature_jacobian(loss_from_features: LossFn, features: PyTree, *args: Any,
   losses = _check_losses(losses)
   _check_chunk(chunk_size)
   eye = jnp.eye(losses.shape[0], dtype=losses.dtype)
-  jac = _map_rows(lambda e: vjp_fn(e)[0], eye, chunk_size)
+  jac = map_rows(lambda e: vjp_fn(e)[0], eye, chunk_size)
   return losses, jac, aux

@@ -164,13 +164,8 @@ def _param_rows(cfg: MTLConfig, loss_fn, features_fns, params, batch, num_tasks:
     return (losses, stats) + split_heads(jac)
   losses, stats, zgrads, head_rows, enc_vjp = _feature_rows(features_fns, params, batch,
                                                             num_tasks)
-  backward = lambda zg: enc_vjp(zg)[0]
-  if rows.get("unroll"):
-    jac = jax.tree.map(lambda *r: jnp.stack(r), *[backward(zgrads[i]) for i in range(num_tasks)])
-  elif rows.get("chunk_size") is not None and rows["chunk_size"] < num_tasks:
-    jac = jax.lax.map(backward, zgrads, batch_size=rows["chunk_size"])
-  else:
-    jac = jax.vmap(backward)(zgrads)
+  jac = jac_lib.map_rows(lambda zg: enc_vjp(zg)[0], zgrads, rows.get("chunk_size"),
+                         rows.get("unroll", False))
   return losses, stats, jac, head_rows
 
 
