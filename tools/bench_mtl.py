@@ -46,7 +46,7 @@ from jaxmtl.train import state as state_lib
 from jaxmtl.train.combine import MTLConfig, make_mtl
 from jaxmtl.train.step import make_features_fns, make_loss_fn, make_train_step
 
-GOALS = {"loss": (1.3, 1.3), "features": (1.3, 1.3), "jacobian": (2.5, 6.0)}  # T=3, T=10
+GOALS = {"loss": (1.3, 1.3), "features": (1.3, 1.3), "jacobian": (2.5, 6.0), "ghost": (2.5, 6.0)}  # T=3, T=10
 MIB = 2.0 ** 20
 
 
@@ -67,6 +67,10 @@ def cases(num_tasks: int) -> dict[str, tuple[str, dict]]:
     out[f"{a}@features"] = ("features", {"aggregator": a, "mode": "features"})
   for a in sorted(set(agg_lib.AGGREGATORS) - {"graddrop"}):
     out[f"{a}@gramian"] = ("gramian", {"aggregator": a, "jacobian": "gramian"})
+  # Ghost Gramian (mtl.jacobian="ghost"): from the dense layers' inputs and output cotangents.
+  out["gradnorm@ghost"] = ("ghost", {"weighting": "gradnorm", "jacobian": "ghost"})
+  for a in sorted(set(agg_lib.AGGREGATORS) - {"graddrop"}):
+    out[f"{a}@ghost"] = ("ghost", {"aggregator": a, "jacobian": "ghost"})
   # The T backward passes batched by vmap (what mtl.jacobian="full" does on accelerators).
   out["upgrad@vmap"] = ("vmap", {"aggregator": "upgrad", "jacobian": "chunked",
                                  "chunk_size": num_tasks})

@@ -46,6 +46,27 @@ class MLP(nnx.Module):
         self.sow(nnx.Intermediate, f"layer_{i}", jnp.abs(h).mean())
     return h
 
+  def tap_paths(self) -> list[tuple]:
+    """Parameter paths (in the pure params dict) of the Dense layers :meth:`encode_tapped`
+    taps, in call order: ``("layers", i)`` with leaves ``kernel`` and ``bias``."""
+    return [("layers", i) for i in range(len(self.layers))]
+
+  def encode_tapped(self, x: jax.Array, deltas: list[jax.Array]):
+    """:meth:`encode` with ``deltas[i]`` ``[B, width]`` added to Dense ``i``'s output.
+
+    The gradient of a loss w.r.t. ``deltas[i]`` (zeros) is that layer's output cotangent, and
+    the returned inputs ``[B, fan_in]`` are the rows it multiplied: with both,
+    ``jaxmtl.mtl.ghost`` forms per-task Gramians and updates without per-task weight
+    gradients. Returns ``(features [B, width], [layer inputs])``.
+    """
+    h = x.reshape(x.shape[0], -1)
+    inputs = []
+    for layer, d in zip(self.layers, deltas, strict=True):
+      inputs.append(h)
+      y = layer(h)
+      h = self.act(y + d.astype(y.dtype))
+    return h, inputs
+
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     out = self.heads(self.encode(x))
     if self.sow_activations:

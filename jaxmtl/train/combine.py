@@ -39,11 +39,14 @@ import jax.numpy as jnp
 import optax
 
 from jaxmtl.mtl import aggregators as agg_lib
+from jaxmtl.mtl import ghost as ghost_lib
 from jaxmtl.mtl import jacobian as jac_lib
 from jaxmtl.mtl import weighting as w_lib
 
 HEADS = "heads"
 sg = jax.lax.stop_gradient
+
+_JACOBIANS = ("full", "chunked", "gramian", "ghost")
 
 # Loss weightings that need no per-task gradients: one backward of the weighted total.
 _PLAIN_WEIGHTINGS = ("sum", "mean", "equal", "uw", "dwa", "rlw", "famo")
@@ -64,7 +67,7 @@ class MTLConfig:
   weighting: str = "sum"
   aggregator: str = ""
   mode: Literal["params", "features"] = "params"
-  jacobian: Literal["full", "chunked", "gramian"] = "full"
+  jacobian: Literal["full", "chunked", "gramian", "ghost"] = "full"
   chunk_size: int = 1
   weighting_lr: float = 1e-3
   options: Any = dataclasses.field(default_factory=dict)
@@ -86,11 +89,20 @@ class MTLConfig:
     if self.mode == "features" and not self.aggregator and self.weighting != "gradnorm":
       raise ValueError(f"mode='features' applies to gradient aggregators and gradnorm, not to "
                        f"weighting={self.weighting!r}; use mode='params'")
-    if self.weighting == "db_mtl" and (self.mode != "params" or self.jacobian == "gramian"):
+    if self.jacobian not in _JACOBIANS:
+      raise ValueError(f"invalid jacobian {self.jacobian!r}; valid choices: {list(_JACOBIANS)}")
+    if self.jacobian == "ghost" and (self.mode != "params" or not (
+        self.aggregator or self.weighting == "gradnorm")):
+      raise ValueError("jacobian='ghost' (Gramian from the dense layers' inputs and output "
+                       "cotangents) applies to gradient aggregators and gradnorm with "
+                       f"mode='params' (got mode={self.mode!r}, aggregator={self.aggregator!r}, "
+                       f"weighting={self.weighting!r})")
+    if self.weighting == "db_mtl" and (self.mode != "params" or self.jacobian in ("gramian",
+                                                                                   "ghost")):
       raise ValueError("db_mtl keeps an EMA of the per-task gradients: it needs mode='params' "
                        f"and jacobian 'full' or 'chunked' (got mode={self.mode!r}, "
                        f"jacobian={self.jacobian!r})")
-    if method == "graddrop" and self.mode == "params" and self.jacobian == "gramian":
+    if method == "graddrop" and self.mode == "params" and self.jacobian in ("gramian", "ghost"):
       raise ValueError("aggregator 'graddrop' is element-wise: it needs the full Jacobian; "
                        "use jacobian='full' or 'chunked', or mode='features'")
 
@@ -131,6 +143,19 @@ def _rows(cfg: MTLConfig) -> dict[str, Any]:
   return {"unroll": jax.default_backend() == "cpu"}
 
 
+def _head_rows(features_fns, shared, heads, z, labels, num_tasks: int):
+  """Losses and T single-head backwards from the shared features z: (losses f32[T], stats,
+  zgrads [T, *z.shape], head_rows {heads: [T, ...]}), row i = task i's gradient w.r.t. z / the
+  head parameters (non-zero on head i only)."""
+  _, _, head_loss, task_head_loss = features_fns[:4]
+  losses, stats = head_loss({**shared, HEADS: heads}, z, labels)
+  rows = [jax.grad(lambda h, zz, i=i: task_head_loss({**shared, HEADS: h}, zz, labels, i),
+                   argnums=(0, 1))(heads, z) for i in range(num_tasks)]
+  head_rows = jax.tree.map(lambda *r: jnp.stack(r), *[r[0] for r in rows])
+  zgrads = jnp.stack([r[1] for r in rows])
+  return losses, stats, zgrads, head_rows
+
+
 def _feature_rows(features_fns, params, batch, num_tasks: int):
   """One encoder forward and T single-head backwards.
 
@@ -138,16 +163,66 @@ def _feature_rows(features_fns, params, batch, num_tasks: int):
   row i of `zgrads` / `head_rows` is the gradient of task i's loss w.r.t. the shared features
   z / the head parameters (non-zero on head i only).
   """
-  prepare, encode, head_loss, task_head_loss = features_fns
+  prepare, encode = features_fns[:2]
   shared, heads = split_heads(params)
   x, labels = prepare(batch)
   z, enc_vjp = jax.vjp(lambda s: encode({**s, HEADS: heads}, x), shared)
-  losses, stats = head_loss({**shared, HEADS: heads}, z, labels)
-  rows = [jax.grad(lambda h, zz, i=i: task_head_loss({**shared, HEADS: h}, zz, labels, i),
-                   argnums=(0, 1))(heads, z) for i in range(num_tasks)]
-  head_rows = jax.tree.map(lambda *r: jnp.stack(r), *[r[0] for r in rows])
-  zgrads = jnp.stack([r[1] for r in rows])
+  losses, stats, zgrads, head_rows = _head_rows(features_fns, shared, heads, z, labels,
+                                                num_tasks)
   return losses, stats, zgrads, head_rows, enc_vjp
+
+
+def _ghost_rows(cfg: MTLConfig, features_fns, params, batch, num_tasks: int):
+  """The ghost Gramian mode (`jaxmtl.mtl.ghost`): one forward that records every tapped Dense
+  layer's input, T head backwards, and T encoder backwards *to the layer outputs only* (the
+  cotangents of zero perturbations added there; no per-task weight gradients).
+
+  Returns (losses, stats, G f32[T, T] of the shared parameters' per-task gradients,
+  update(w) -> Jᵀw over the shared parameters, head_rows {heads: [T, ...]}).
+  """
+  if features_fns is None or len(features_fns) < 6:
+    raise ValueError("mtl.jacobian='ghost' needs the model's FeatureFns "
+                     "(train.step.make_features_fns)")
+  prepare, taps_fn, encode_tapped = features_fns[0], features_fns[4], features_fns[5]
+  shared, heads = split_heads(params)
+  x, labels = prepare(batch)
+  taps = taps_fn(params, x)
+  _check_ghost_coverage(shared, [t[0] for t in taps])
+  zeros = [jnp.zeros(shape, jnp.float32) for _, shape, _, _ in taps]
+  z, enc_vjp, inputs = jax.vjp(lambda d: encode_tapped(params, x, d), zeros, has_aux=True)
+  losses, stats, zgrads, head_rows = _head_rows(features_fns, shared, heads, z, labels,
+                                                num_tasks)
+  rows = _rows(cfg)
+  deltas = jac_lib.map_rows(lambda zg: enc_vjp(zg)[0], zgrads, rows.get("chunk_size"),
+                            rows.get("unroll", False))                  # [T, N, O] per layer
+  layers = [ghost_lib.Tap(xi, di, m, b) for xi, di, (_, _, m, b) in zip(inputs, deltas, taps)]
+  gram = ghost_lib.ghost_gramian(layers)
+
+  def update(weights):
+    out = jax.tree.map(lambda v: v, shared)   # a fresh nested dict to fill in
+    for (path, _, _, _), tap in zip(taps, layers):
+      node = out
+      for k in path[:-1]:
+        node = node[k]
+      old = node[path[-1]]
+      dk, db = ghost_lib.layer_update(tap, weights, old["kernel"].dtype,
+                                      old["bias"].dtype if "bias" in old else None)
+      node[path[-1]] = {"kernel": dk, **({"bias": db} if db is not None else {})}
+    return out
+  return losses, stats, gram, update, head_rows
+
+
+def _check_ghost_coverage(shared, paths) -> None:
+  """Every shared parameter must sit in a tapped layer (its kernel or bias)."""
+  covered = set()
+  for p in paths:
+    covered |= {tuple(p) + ("kernel",), tuple(p) + ("bias",)}
+  leaves = jax.tree_util.tree_flatten_with_path(shared)[0]
+  keys = [tuple(getattr(k, "key", getattr(k, "idx", k)) for k in kp) for kp, _ in leaves]
+  missing = ["/".join(map(str, k)) for k in keys if k not in covered]
+  if missing:
+    raise ValueError(f"mtl.jacobian='ghost' covers only the tapped Dense layers' kernels and "
+                     f"biases; these shared parameters are outside them: {missing}")
 
 
 def _param_rows(cfg: MTLConfig, loss_fn, features_fns, params, batch, num_tasks: int):
@@ -253,6 +328,12 @@ def _gradnorm(cfg: MTLConfig, num_tasks: int, loss_fn, features_fns) -> MTLMetho
         z_cot = agg_lib.combine(zgrads, weights)
         return {**enc_vjp(z_cot)[0], HEADS: agg_lib.combine(head_rows, weights)}
       return losses, jnp.sqrt(_row_sq_norms(zgrads)), stats, backward
+    if cfg.jacobian == "ghost":
+      losses, stats, g, update, head_rows = _ghost_rows(cfg, features_fns, params, batch,
+                                                        num_tasks)
+      norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g), 0.0))
+      return losses, norms, stats, lambda weights: {
+          **update(weights), HEADS: agg_lib.combine(head_rows, weights)}
     if cfg.jacobian == "full":
       losses, stats, jac_shared, jac_heads = _param_rows(cfg, loss_fn, features_fns, params,
                                                          batch, num_tasks)
@@ -319,7 +400,13 @@ def _aggregate(cfg: MTLConfig, agg, num_tasks: int, loss_fn, features_fns) -> MT
 
   def grads(params, batch, state, step, key):
     agg_state = state.get("agg")
-    if cfg.jacobian == "gramian":
+    if cfg.jacobian == "ghost":
+      losses, stats, g, combine, head_rows = _ghost_rows(cfg, features_fns, params, batch,
+                                                         num_tasks)
+      head_grads = _sum_tasks(head_rows)
+      weights, agg_state = agg.weights(g, state=agg_state, key=key)
+      update = combine(weights)
+    elif cfg.jacobian == "gramian":
       shared, heads = split_heads(params)
       fn = lambda s, h, b: loss_fn({**s, HEADS: h}, b)
       losses, g, stats, combine, head_grads = jac_lib.split_task_gramian(

@@ -6,7 +6,7 @@ in/out shardings and the state donated.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +34,27 @@ def _rms(tree) -> jax.Array:
   return jnp.sqrt(sq / n)
 
 
-def make_features_fns(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec):
-  """(prepare, encode, head_loss, task_head_loss) for representation-level MTL methods.
+class FeatureFns(NamedTuple):
+  """The model split into encoder and heads, for representation-level and tapped MTL modes.
 
-  `task_head_loss(params, z, labels, i)` is task i's loss alone: only head i is used, so its
-  gradient costs one head backward (XLA drops the other heads' dead forward), not T of them.
+  prepare(batch) -> (x, labels); encode(params, x) -> z; head_loss(params, z, labels) ->
+  (losses f32[T], stats); task_head_loss(params, z, labels, i) -> task i's loss, head i only
+  (its gradient costs one head backward: XLA drops the other heads' dead forward);
+  for the ghost Gramian mode (`jaxmtl.mtl.ghost`; models with `encode_tapped`/`tap_paths`,
+  e.g. `models.MLP`): taps(params, x) -> [(param path, (N, fan_out), multiplier, has_bias)]
+  per tapped Dense layer in call order, and encode_tapped(params, x, deltas) -> (z, [layer
+  input rows]) with `deltas[i]` added to layer i's output.
   """
+  prepare: Callable
+  encode: Callable
+  head_loss: Callable
+  task_head_loss: Callable
+  taps: Callable
+  encode_tapped: Callable
+
+
+def make_features_fns(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec) -> FeatureFns:
+  """The `FeatureFns` of a model given by its graphdef."""
   def prepare(batch):
     return tasks_lib.prepare_batch(spec, batch)
 
@@ -54,7 +69,33 @@ def make_features_fns(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec):
     task = spec.tasks[i]
     logits = nnx.merge(graphdef, params).heads(z)[task.name]
     return tasks_lib.task_losses([task], {task.name: logits}, labels)[0][0]
-  return prepare, encode, head_loss, task_head_loss
+
+  def tapped_model(params):
+    model = nnx.merge(graphdef, params)
+    if not (hasattr(model, "encode_tapped") and hasattr(model, "tap_paths")):
+      raise ValueError(
+        f"mtl.jacobian='ghost' needs a model whose encoder taps its Dense layers "
+        f"(encode_tapped/tap_paths, e.g. models.MLP); {type(model).__name__} has none: use "
+        "mtl.jacobian 'full', 'chunked' or 'gramian'")
+    return model
+
+  def layer(model, path):
+    for k in path:
+      model = model[k] if isinstance(k, int) else getattr(model, k)
+    return model
+
+  def taps(params, x):
+    model = tapped_model(params)
+    out = []
+    for p in model.tap_paths():
+      dense = layer(model, p)
+      out.append((tuple(p), (x.shape[0], dense.kernel.shape[1]), float(dense.multiplier),
+                  dense.bias is not None))
+    return out
+
+  def encode_tapped(params, x, deltas):
+    return tapped_model(params).encode_tapped(x, deltas)
+  return FeatureFns(prepare, encode, head_loss, task_head_loss, taps, encode_tapped)
 
 
 def make_train_step(graphdef: nnx.GraphDef, spec: tasks_lib.DataSpec,
