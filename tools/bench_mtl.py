@@ -22,6 +22,8 @@ Families and the goals of issue 3 (CPU): `loss` (loss weightings: one backward) 
 shared parameters: every aggregator with `mtl.jacobian="full"`, DB-MTL, GradNorm on the
 shared parameters) ≤ 2.5× at T=3 and ≤ 6× at T=10; `gramian` (`mtl.jacobian="gramian"`,
 memory O(params)): peak memory ≤ 1.5× equal weighting (its time is reported, no goal);
+`ghost` (`mtl.jacobian="ghost"`: the Gramian from the dense layers' inputs and output
+cotangents, `jaxmtl.mtl.ghost`; same update as `jacobian`): the `jacobian` goals;
 `vmap`: the full Jacobian with the T backward passes batched by `vmap` (the accelerator
 default of `mtl.jacobian="full"`; on CPU "full" runs them one at a time), for comparison.
 """

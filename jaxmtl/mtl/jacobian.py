@@ -25,6 +25,10 @@ With a Gramian ``G`` and task weights ``w`` from an aggregator, the combined upd
 ``Jᵀ w`` is one more backward: the ``combine`` function returned by
 ``task_gramian(..., return_combine=True)`` (a VJP with cotangent ``w``, no extra forward).
 
+For models made of dense layers, :mod:`jaxmtl.mtl.ghost` gets the Gramian and ``Jᵀ w`` from
+each layer's inputs and output cotangents instead (T backward passes to the activations only,
+no per-task weight gradients; ``mtl.jacobian="ghost"`` in the train step).
+
 The Jacobian stays a pytree shaped like ``params`` with a leading task axis ``[T, ...]`` on
 every leaf: no flatten/concatenate copies.
 

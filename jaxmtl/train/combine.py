@@ -19,7 +19,9 @@ The families (docs/mtl.md, docs/mtl_weighting.md):
   * gradient aggregation on the shared parameters (`mtl.aggregator`, `mtl.mode="params"`):
     per-task gradients of the shared parameters (everything but `heads`), as a pytree Jacobian
     (`mtl.jacobian="full"`, or "chunked" with `mtl.chunk_size`) or Gramian-only
-    (`mtl.jacobian="gramian"`: memory O(params), one extra backward). One forward; each
+    (`mtl.jacobian="gramian"`: memory O(params), one extra backward), or, for models of
+    dense layers, the ghost Gramian (`mtl.jacobian="ghost"`, `mtl/ghost.py`: from each layer's
+    inputs and output cotangents, no per-task weight gradients). One forward; each
     task's backward runs through its own head and the encoder, so each head's gradient (its
     own task's) comes out of the same passes: no second forward/backward. Under data
     parallelism the Jacobian is of the global-batch losses, so the Gramian comes from
@@ -61,8 +63,10 @@ class MTLConfig:
     * `weighting="gradnorm"`: `mode` "params" (`jacobian` "full": stores J; "chunked" /
       "gramian": `chunk_size` tasks at a time, one extra backward) or "features";
     * `weighting="db_mtl"`: `mode="params"`, `jacobian` "full" or "chunked";
-    * `aggregator`: `mode` "params" (`jacobian` full/chunked/gramian; GradDrop is
-      element-wise and needs the Jacobian) or "features".
+    * `aggregator`: `mode` "params" (`jacobian` full/chunked/gramian/ghost; GradDrop is
+      element-wise and needs the Jacobian) or "features";
+    * `jacobian="ghost"` (aggregators and gradnorm, `mode="params"`): models whose shared
+      parameters all sit in tapped Dense layers (`models.MLP`).
   """
   weighting: str = "sum"
   aggregator: str = ""
