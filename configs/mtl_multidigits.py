@@ -13,7 +13,8 @@ benchmark.seeds: seeds of every run; benchmark.baselines: the single-task runs (
 (`jaxmtl.mtl.weighting.WEIGHTINGS`, plus "sum"/"mean"), "gradnorm@features" (LibMTL
 `rep_grad`), and every aggregator as "<name>@params" (per-task gradients of the shared
 parameters, `mtl.jacobian="full"`), "<name>@gramian" (Gramian-only, same update, memory
-O(params)) and "<name>@features" (representation level, MGDA-UB).
+O(params)), "<name>@ghost" (ghost Gramian from the dense layers, same update, fastest) and
+"<name>@features" (representation level, MGDA-UB).
 
 Size and length were chosen for a budget of about 20-25 minutes for the 120 runs on a quiet
 2-core CPU: an MLP (width 256, depth 2: 137K parameters) trained for 500 steps of 64 examples
@@ -39,6 +40,7 @@ def methods() -> tuple[str, ...]:
     names.append(f"{agg}@params")
     if agg != "graddrop":  # element-wise, not Gramian-expressible
       names.append(f"{agg}@gramian")
+      names.append(f"{agg}@ghost")
     names.append(f"{agg}@features")
   return tuple(names)
 

@@ -37,6 +37,8 @@ def test_every_method_of_the_full_config_is_a_valid_run():
     families.add(family)
   assert families == set(TOOL.FAMILIES)
   assert TOOL.method_overrides("mean@params") == ("params", {"mtl.aggregator": "mean"})
+  assert TOOL.method_overrides("mgda@ghost") == ("ghost", {"mtl.aggregator": "mgda",
+                                                          "mtl.jacobian": "ghost"})
   assert TOOL.method_overrides("mean")[1] == {"mtl.weighting": "mean"}
   for bad in ("graddrop@vmap", "uw@features", "upgard@params"):
     with pytest.raises(ValueError, match="unknown benchmark method"):

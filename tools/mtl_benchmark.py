@@ -36,14 +36,15 @@ from typing import Any
 import numpy as np
 
 BEGIN, END = "<!-- mtl_benchmark:begin -->", "<!-- mtl_benchmark:end -->"
-FAMILIES = ("single task", "loss weighting", "params", "gramian", "features")
+FAMILIES = ("single task", "loss weighting", "params", "gramian", "ghost", "features")
 
 
 def method_overrides(name: str) -> tuple[str, dict[str, Any]]:
   """Method name -> (family, `mtl.*` overrides).
 
   A loss weighting by name ("sum", "mean", "uw", "gradnorm", "db_mtl", ...), "gradnorm@features";
-  an aggregator as "<aggregator>@params" (`mtl.jacobian="full"`), "@gramian" or "@features".
+  an aggregator as "<aggregator>@params" (`mtl.jacobian="full"`), "@gramian", "@ghost"
+  (`mtl.jacobian="ghost"`) or "@features".
   """
   from jaxmtl.mtl import aggregators as agg_lib
   from jaxmtl.mtl import weighting as w_lib
@@ -53,16 +54,16 @@ def method_overrides(name: str) -> tuple[str, dict[str, Any]]:
     return "loss weighting", {"mtl.weighting": base}
   if base == "gradnorm" and mode == "features":
     return "features", {"mtl.weighting": "gradnorm", "mtl.mode": "features"}
-  if base in agg_lib.AGGREGATORS and mode in ("params", "gramian", "features"):
+  if base in agg_lib.AGGREGATORS and mode in ("params", "gramian", "ghost", "features"):
     over = {"mtl.aggregator": base}
-    if mode == "gramian":
-      over["mtl.jacobian"] = "gramian"
+    if mode in ("gramian", "ghost"):
+      over["mtl.jacobian"] = mode
     if mode == "features":
       over["mtl.mode"] = "features"
     return mode, over
   raise ValueError(f"unknown benchmark method {name!r}; valid: a loss weighting "
                    f"{sorted(weightings)}, 'gradnorm@features', or '<aggregator>@params|gramian|"
-                   f"features' with aggregator in {sorted(agg_lib.AGGREGATORS)}")
+                   f"ghost|features' with aggregator in {sorted(agg_lib.AGGREGATORS)}")
 
 
 def _names(value: Any) -> tuple:
