@@ -184,10 +184,12 @@ def _ghost_rows(cfg: MTLConfig, features_fns, params, batch, num_tasks: int):
   Returns (losses, stats, G f32[T, T] of the shared parameters' per-task gradients,
   update(w) -> Jᵀw over the shared parameters, head_rows {heads: [T, ...]}).
   """
-  if features_fns is None or len(features_fns) < 6:
-    raise ValueError("mtl.jacobian='ghost' needs the model's FeatureFns "
+  taps_fn = getattr(features_fns, "taps", None)
+  encode_tapped = getattr(features_fns, "encode_tapped", None)
+  if taps_fn is None or encode_tapped is None:
+    raise ValueError("mtl.jacobian='ghost' needs the model's FeatureFns with taps "
                      "(train.step.make_features_fns)")
-  prepare, taps_fn, encode_tapped = features_fns[0], features_fns[4], features_fns[5]
+  prepare = features_fns.prepare
   shared, heads = split_heads(params)
   x, labels = prepare(batch)
   taps = taps_fn(params, x)
