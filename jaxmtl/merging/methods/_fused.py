@@ -47,6 +47,7 @@ __all__ = ["is_traced", "is_sharded", "linear_leaf", "ties_leaf", "signsum_leaf"
 MAX_TASKS_PER_PASS = 8    # tasks counted by one code_leaf call (4 words x 8 nibbles = 32 pairs)
 _WORDS = 4                # variadic-reduce operands: 4 run at the read floor, 8 about 2x slower
 _GROUP = 8                # entries per group: 4-bit counts hold 0..8
+_VOTE_ROW = 1024          # entries per row of the majority-vote reduce
 SUB_BLOCK = 512           # consecutive entries per block of a code_leaf subsample
 
 
@@ -161,29 +162,17 @@ def _finish(a, ac, tot, ambiguous, s, scaling, mark, sign_from_out):
     sf = s.reshape(-1)
     gt, lt = (sf > 0) & ~nan, (sf < 0) & ~nan
     flip = jnp.int32(1)
-  # one packed operand per entry: byte lanes (#gt, #lt, #NaN) summed over groups of 8
-  v = (gt.astype(jnp.uint32) + (lt.astype(jnp.uint32) << 8)
-       + (nan.astype(jnp.uint32) << 16))
-  n = ob.shape[0]
-  m = n // _GROUP
-  (g,) = lax.reduce((v[:_GROUP * m].reshape(m, _GROUP),), (jnp.uint32(0),),
-                    lambda xs, ys: (xs[0] + ys[0],), (1,))
-  tot = _sum_bytes(g) + jnp.sum(_bytes(v[_GROUP * m:]), axis=1)   # [#gt, #lt, #NaN]
-  return out, (flip * (tot[0] - tot[1]), tot[2])
-
-
-def _bytes(x: jax.Array) -> jax.Array:
-  """uint32 ``[n]`` -> int32 ``[3, n]``: its low three bytes."""
-  return jnp.stack([(x >> (8 * b)) & jnp.uint32(255) for b in range(3)]).astype(jnp.int32)
-
-
-def _sum_bytes(g: jax.Array) -> jax.Array:
-  """Totals ``int32 [3]`` of the low three byte lanes (each <= 8) of ``[M]`` uint32 words."""
-  m8 = jnp.uint32(0x00FF00FF)
-  lo, hi = _vsum([g & m8, (g >> 8) & m8], 256)    # 16-bit lanes <= 2048: bytes (0, 2), (1, 3)
-  parts = jnp.stack([lo & jnp.uint32(0xFFFF), hi & jnp.uint32(0xFFFF), lo >> 16]).astype(
-    jnp.int32)                                     # bytes 0, 1, 2
-  return jnp.sum(parts, axis=1)
+  # two int32 operands (sign in {-1, 0, 1}, NaN flag) summed over rows of _VOTE_ROW entries by
+  # one variadic reduce (its producers fused), then over the rows: exact integer sums
+  vote = gt.astype(jnp.int32) - lt.astype(jnp.int32)
+  nanc = nan.astype(jnp.int32)
+  pad = (-ob.shape[0]) % _VOTE_ROW
+  if pad:
+    vote, nanc = jnp.pad(vote, (0, pad)), jnp.pad(nanc, (0, pad))
+  rv, rn = lax.reduce((vote.reshape(-1, _VOTE_ROW), nanc.reshape(-1, _VOTE_ROW)),
+                      (jnp.int32(0), jnp.int32(0)),
+                      lambda xs, ys: (xs[0] + ys[0], xs[1] + ys[1]), (1,))
+  return out, (flip * jnp.sum(rv), jnp.sum(rn))
 
 
 @jax.jit
