@@ -173,3 +173,19 @@ def test_ghost_bfloat16_compute_matches_full_jacobian():
   for a, b in zip(jax.tree.leaves(outs["ghost"]), jax.tree.leaves(outs["full"])):
     assert a.dtype == b.dtype == jnp.float32
     np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3 * float(np.abs(b).max()) + 1e-6)
+
+
+@pytest.mark.parametrize("rows", [{"unroll": False}, {"chunk_size": 2}], ids=["vmap", "lax_map"])
+def test_ghost_rows_batched_like_accelerators(monkeypatch, rows):
+  """GPU/TPU batch the T backward passes with vmap (CPU unrolls them): same Gramian/update."""
+  from jaxmtl.train import combine
+  spec, graphdef, params, batch = _mlp_setup(True)
+  fns = make_features_fns(graphdef, spec)
+  cfg = MTLConfig(aggregator="upgrad", jacobian="ghost")
+  w = jnp.array([0.2, 0.5, 0.3])
+  _, _, g_ref, upd_ref, _ = combine._ghost_rows(cfg, fns, params, batch, 3)
+  monkeypatch.setattr(combine, "_rows", lambda cfg: rows)
+  _, _, g, upd, _ = combine._ghost_rows(cfg, fns, params, batch, 3)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               upd(w), upd_ref(w))
