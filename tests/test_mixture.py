@@ -124,3 +124,13 @@ def test_mixture_trains_with_an_aggregator_and_evaluates_each_task_on_its_data(t
   assert both["digits/accuracy"] == pytest.approx(alone["digits/accuracy"], abs=1e-6)
   assert both["digits/loss"] == pytest.approx(alone["digits/loss"], rel=1e-5)
   assert alone["digitsflip/accuracy"] == 0.0  # no labelled example: count 0
+
+
+def test_mixture_ghost_gramian_equals_full_jacobian(two_domains):
+  """Masked per-task losses (each example labels one task) through the ghost mode."""
+  runs = [_run_steps(_mixture_cfg(two_domains, **{"mtl.aggregator": "upgrad",
+                                                 "mtl.jacobian": jac}), jax.devices()[:1], 2)
+          for jac in ("full", "ghost")]
+  (lf, pf), (lg, pg) = runs
+  np.testing.assert_allclose(lg, lf, rtol=2e-5, atol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), pg, pf)
