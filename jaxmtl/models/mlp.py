@@ -39,12 +39,7 @@ class MLP(nnx.Module):
     self.sow_activations = cfg.sow_activations
 
   def encode(self, x: jax.Array) -> jax.Array:
-    h = x.reshape(x.shape[0], -1)
-    for i, layer in enumerate(self.layers):
-      h = self.act(layer(h))
-      if self.sow_activations:
-        self.sow(nnx.Intermediate, f"layer_{i}", jnp.abs(h).mean())
-    return h
+    return self._trunk(x, None)[0]
 
   def tap_paths(self) -> list[tuple]:
     """Parameter paths (in the pure params dict) of the Dense layers :meth:`encode_tapped`
@@ -59,12 +54,24 @@ class MLP(nnx.Module):
     ``jaxmtl.mtl.ghost`` forms per-task Gramians and updates without per-task weight
     gradients. Returns ``(features [B, width], [layer inputs])``.
     """
+    if len(deltas) != len(self.layers):
+      raise ValueError(f"encode_tapped needs one delta per layer ({len(self.layers)}), "
+                       f"got {len(deltas)}")
+    return self._trunk(x, deltas)
+
+  def _trunk(self, x: jax.Array, deltas):
+    """The shared layers: (features, [each layer's input rows]); ``deltas`` added to the
+    layer outputs when given (activations are sown only in the plain forward)."""
     h = x.reshape(x.shape[0], -1)
     inputs = []
-    for layer, d in zip(self.layers, deltas, strict=True):
+    for i, layer in enumerate(self.layers):
       inputs.append(h)
       y = layer(h)
-      h = self.act(y + d.astype(y.dtype))
+      if deltas is not None:
+        y = y + deltas[i].astype(y.dtype)
+      h = self.act(y)
+      if self.sow_activations and deltas is None:
+        self.sow(nnx.Intermediate, f"layer_{i}", jnp.abs(h).mean())
     return h, inputs
 
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:

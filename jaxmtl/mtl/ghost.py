@@ -73,9 +73,9 @@ def layer_gramian(tap: Tap, method: str = "auto") -> jax.Array:
     method = "ghost" if ghost_cheaper(n, x.shape[1], o, t_n) else "direct"
   if method == "ghost":
     k = jnp.dot(x, x.T, precision=_HI)                                  # [N, N]
-    rows = d.transpose(1, 0, 2).reshape(n, t_n * o)                     # [N, T·O]
-    kd = jnp.dot(k, rows, precision=_HI).reshape(n, t_n, o)              # K δ_t, [N, T, O]
-    g = jnp.einsum("nso,nto->st", d.transpose(1, 0, 2), kd, precision=_HI)
+    dn = d.transpose(1, 0, 2)                                             # [N, T, O]
+    kd = jnp.dot(k, dn.reshape(n, t_n * o), precision=_HI).reshape(n, t_n, o)   # K δ_t
+    g = jnp.einsum("nso,nto->st", dn, kd, precision=_HI)
   elif method == "direct":
     w = jnp.einsum("ni,tno->tio", x, d, precision=_HI).reshape(t_n, -1)
     g = jnp.dot(w, w.T, precision=_HI)

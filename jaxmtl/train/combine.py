@@ -205,17 +205,23 @@ def _ghost_rows(cfg: MTLConfig, features_fns, params, batch, num_tasks: int):
   gram = ghost_lib.ghost_gramian(layers)
 
   def update(weights):
-    out = jax.tree.map(lambda v: v, shared)   # a fresh nested dict to fill in
+    grads = {}
     for (path, _, _, _), tap in zip(taps, layers):
-      node = out
-      for k in path[:-1]:
+      node = shared
+      for k in path:
         node = node[k]
-      old = node[path[-1]]
-      dk, db = ghost_lib.layer_update(tap, weights, old["kernel"].dtype,
-                                      old["bias"].dtype if "bias" in old else None)
-      node[path[-1]] = {"kernel": dk, **({"bias": db} if db is not None else {})}
-    return out
+      dk, db = ghost_lib.layer_update(tap, weights, node["kernel"].dtype,
+                                      node["bias"].dtype if "bias" in node else None)
+      grads[tuple(path) + ("kernel",)] = dk
+      if db is not None:
+        grads[tuple(path) + ("bias",)] = db
+    return jax.tree_util.tree_map_with_path(lambda kp, _: grads[_leaf_key(kp)], shared)
   return losses, stats, gram, update, head_rows
+
+
+def _leaf_key(key_path) -> tuple:
+  """A tree_util key path as a tuple of dict keys / sequence indices."""
+  return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in key_path)
 
 
 def _check_ghost_coverage(shared, paths) -> None:
@@ -223,8 +229,7 @@ def _check_ghost_coverage(shared, paths) -> None:
   covered = set()
   for p in paths:
     covered |= {tuple(p) + ("kernel",), tuple(p) + ("bias",)}
-  leaves = jax.tree_util.tree_flatten_with_path(shared)[0]
-  keys = [tuple(getattr(k, "key", getattr(k, "idx", k)) for k in kp) for kp, _ in leaves]
+  keys = [_leaf_key(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(shared)[0]]
   missing = ["/".join(map(str, k)) for k in keys if k not in covered]
   if missing:
     raise ValueError(f"mtl.jacobian='ghost' covers only the tapped Dense layers' kernels and "
