@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from jaxmtl.mtl import aggregators as A
 from jaxmtl.mtl import qp
+from jaxmtl.rng import hash_uniform
 
 GOLDEN = np.load(pathlib.Path(__file__).with_name("golden") / "aggregator_golden.npz")
 CASES = ("small", "medium", "conflict", "rankdef")
@@ -90,12 +91,18 @@ def test_float32_path_matches_golden():
     np.testing.assert_allclose(update, ref, atol=2e-4 * np.max(np.abs(ref)), err_msg=name)
 
 
-def test_graddrop_key_path_uses_uniform_draw():
+@pytest.mark.parametrize("uniform,draw", [("hash", hash_uniform), ("jax", jax.random.uniform)])
+def test_graddrop_key_path_uses_uniform_draw(uniform, draw):
   j = jnp.asarray(GOLDEN["small/J"], jnp.float32)
-  update, weights, state = A.GradDrop()(j, key=KEY)
-  u = jax.random.uniform(jax.random.fold_in(KEY, 0), j.shape[1:], jnp.float32)
+  update, weights, state = A.GradDrop(uniform=uniform)(j, key=KEY)
+  u = draw(jax.random.fold_in(KEY, 0), j.shape[1:], jnp.float32)
   np.testing.assert_allclose(update, A.graddrop_update(j, u), atol=1e-6)
   assert weights is None and state is None
+
+
+def test_graddrop_rejects_unknown_uniform():
+  with pytest.raises(ValueError, match="uniform must be one of"):
+    A.GradDrop(uniform="philox")
 
 
 # ---- properties (float32, shapes fixed to keep compilation to a few shapes) ------------------
@@ -155,9 +162,11 @@ def test_mean_is_average_and_pytree_path_matches_matrix_path(j):
     agg = A.make_aggregator(name)
     flat, w_flat, _ = agg(j)
     tree_update, w_tree, _ = agg(tree)
-    np.testing.assert_allclose(w_tree, w_flat, atol=1e-5, err_msg=name)
+    # The pytree Gramian sums leaf by leaf (another float32 rounding order); IMTL-G's linear
+    # solve amplifies that on near-parallel rows (hypothesis found 2e-5 relative), hence rtol.
+    np.testing.assert_allclose(w_tree, w_flat, rtol=1e-4, atol=1e-5, err_msg=name)
     got = jnp.concatenate([tree_update["a"].reshape(-1), tree_update["b"][0].reshape(-1)])
-    np.testing.assert_allclose(got, flat, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got, flat, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 _SYMMETRIC = ("mean", "upgrad", "dualproj", "imtlg", "cagrad", "aligned_mtl", "nash_mtl")

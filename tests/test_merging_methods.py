@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import jaxmtl.merging as M
 from jaxmtl.merging.methods import _common, sparse
 from jaxmtl.merging.methods.topk import count_greater, global_topk_threshold
+from jaxmtl import rng as jrng
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "merging_golden.npz"
 G = dict(np.load(GOLDEN))
@@ -108,6 +109,23 @@ def _dare_given_masks(masks, scaling, *, keep_prob, rescale, sign):
 def test_dare_mergekit_rescale_given_masks(name, sign, scaling):
   out = _dare_given_masks(_masks(name), scaling, keep_prob=0.6, rescale="mergekit", sign=sign)
   assert_golden(out, name)
+
+
+@pytest.mark.parametrize("uniform", ["hash", "jax"])
+def test_dare_draws_leaf_masks_from_the_named_generator(uniform):
+  # leaf i's masks are jaxmtl.rng.uniform(uniform, fold_in(key, i), [T, *s]) < keep_prob.
+  key, keep = jax.random.key(3), 0.6
+  draws = [jrng.uniform(uniform, jax.random.fold_in(key, i), s.shape) < keep
+           for i, s in enumerate(_prep().stacks)]
+  masks = [[d[t] for d in draws] for t in range(T)]
+  want = _dare_given_masks(masks, 0.3, keep_prob=keep, rescale="paper", sign="mass")
+  got = M.dare(PRE, FTS, key=key, drop_rate=1 - keep, scaling=0.3, sign="mass",
+               uniform=uniform)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
+  with pytest.raises(ValueError, match="uniform"):
+    M.dare(PRE, FTS, key=key, uniform="philox")
+  with pytest.raises(ValueError, match="uniform"):
+    M.della(PRE, FTS, key=key, uniform="philox")
 
 
 def test_dare_paper_rescale_given_masks():

@@ -178,6 +178,8 @@ def main() -> None:
     "weight_average": lambda: M.weight_average(pre, fts),
     "ties_global": lambda: M.ties(pre, fts, density=args.density),
     "dare": lambda: M.dare(pre, fts, key=key, drop_rate=0.9, scaling=0.3),
+    "dare_jax_uniform": lambda: M.dare(pre, fts, key=key, drop_rate=0.9, scaling=0.3,
+                                       uniform="jax"),
     "consensus": lambda: M.consensus(pre, fts, k=2),
   }
   if args.cases:

@@ -65,6 +65,9 @@ def cases(num_tasks: int) -> dict[str, tuple[str, dict]]:
   out["db_mtl@full"] = ("jacobian", {"weighting": "db_mtl"})
   for a in sorted(agg_lib.AGGREGATORS):
     out[f"{a}@full"] = ("jacobian", {"aggregator": a})
+  # GradDrop's uniforms from jax.random (threefry) instead of the default counter hash.
+  out["graddrop@full:jax_uniform"] = ("jacobian", {"aggregator": "graddrop",
+                                                   "options": {"uniform": "jax"}})
   for a in sorted(agg_lib.AGGREGATORS):
     out[f"{a}@features"] = ("features", {"aggregator": a, "mode": "features"})
   for a in sorted(set(agg_lib.AGGREGATORS) - {"graddrop"}):

@@ -39,6 +39,7 @@ from jax import lax
 
 from jaxmtl.merging.methods import diagnostics
 from jaxmtl.merging.task_vectors import compute_dtype
+from jaxmtl.rng import uniform as rng_uniform
 
 __all__ = ["is_traced", "is_sharded", "linear_leaf", "ties_leaf", "signsum_leaf", "dare_leaf",
            "dare_signsum_leaf", "consensus_leaf", "code_leaf", "keys_leaf", "host_keys",
@@ -214,10 +215,10 @@ def signsum_leaf(a, others, thr, *, is_tv, keep_all):
   return jnp.sum(ties_signs(a, others, thr, is_tv=is_tv, keep_all=keep_all))
 
 
-def _dare_masked(taus, key, index, keep_prob, rescale):
+def _dare_masked(taus, key, index, keep_prob, rescale, uniform):
   """DARE drop + rescale of one leaf's task vectors; draws ``uniform(fold_in(key, index),
-  [T, *s])`` like :func:`jaxmtl.merging.dare`."""
-  u = jax.random.uniform(jax.random.fold_in(key, index), (len(taus),) + taus[0].shape)
+  [T, *s])`` (generator `uniform` of `jaxmtl.rng`) like :func:`jaxmtl.merging.dare`."""
+  u = rng_uniform(uniform, jax.random.fold_in(key, index), (len(taus),) + taus[0].shape)
   out = []
   for t, x in enumerate(taus):
     keep = u[t] < keep_prob
@@ -232,21 +233,21 @@ def _dare_masked(taus, key, index, keep_prob, rescale):
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("is_tv", "keep_prob", "rescale", "sign", "merge")
-                   + _MARK_ARGS)
-def dare_leaf(a, others, key, index, majority, scaling, *, is_tv, keep_prob, rescale, sign,
-              merge, mark, sign_from_out=False):
+@functools.partial(jax.jit, static_argnames=("is_tv", "keep_prob", "rescale", "uniform", "sign",
+                                             "merge") + _MARK_ARGS)
+def dare_leaf(a, others, key, index, majority, scaling, *, is_tv, keep_prob, rescale, uniform,
+              sign, merge, mark, sign_from_out=False):
   """DARE (random drop, rescale, optional sign election) of leaf number ``index``."""
   ac, taus = _taus(a, others, is_tv)
-  m = _dare_masked(taus, key, index, keep_prob, rescale)
+  m = _dare_masked(taus, key, index, keep_prob, rescale, uniform)
   tot, amb = _elect_merge(m, majority, sign, merge, ac.dtype)
   return _finish(a, ac, tot, amb, _sum(m), scaling, mark and amb is not None, sign_from_out)
 
 
-@functools.partial(jax.jit, static_argnames=("is_tv", "keep_prob", "rescale"))
-def dare_signsum_leaf(a, others, key, index, *, is_tv, keep_prob, rescale):
+@functools.partial(jax.jit, static_argnames=("is_tv", "keep_prob", "rescale", "uniform"))
+def dare_signsum_leaf(a, others, key, index, *, is_tv, keep_prob, rescale, uniform):
   _, taus = _taus(a, others, is_tv)
-  m = _dare_masked(taus, key, index, keep_prob, rescale)
+  m = _dare_masked(taus, key, index, keep_prob, rescale, uniform)
   return jnp.sum(jnp.sign(_sum(m)).astype(jnp.int32))
 
 

@@ -33,6 +33,8 @@ from jaxmtl.merging.methods import _common, _fused, _select
 from jaxmtl.merging.methods.topk import batched_topk_threshold
 from jaxmtl.merging.task_vectors import compute_dtype
 from jaxmtl.merging.task_vectors import Exclude
+from jaxmtl.rng import UNIFORMS
+from jaxmtl.rng import uniform as rng_uniform
 
 PyTree = Any
 
@@ -379,7 +381,7 @@ def dare(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
          key: jax.Array | None = None, task_vectors: Sequence[PyTree] | None = None,
          drop_rate: float = 0.5, rescale: str | None = "paper", sign: str | None = None,
          merge: str = "sum", scaling: float | jax.Array = 1.0,
-         exclude: Exclude = None) -> PyTree:
+         exclude: Exclude = None, uniform: str = "hash") -> PyTree:
   """DARE: Drop And REscale task vectors, then combine.
 
   Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a
@@ -389,6 +391,10 @@ def dare(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
   Each entry of each task vector is kept with probability ``1 - drop_rate``, then rescaled. The
   draws for leaf ``i`` (``tree_leaves`` order) are ``uniform(fold_in(key, i), [T, *s]) <
   1 - drop_rate``, so each leaf's masks can be drawn where that leaf lives (shards, disk).
+  ``uniform`` names the generator (:mod:`jaxmtl.rng`): "hash" (default; a counter-based integer
+  hash, about 30x cheaper than threefry on CPU) or "jax" (``jax.random.uniform``). The
+  references draw with torch's generator, so no choice reproduces their masks bit for bit;
+  ``dare_deltas_from_masks`` takes given masks.
 
   Args:
     key: PRNG key (required).
@@ -407,8 +413,10 @@ def dare(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
   _common.check_choice("dare", "rescale", rescale, (None, "paper", "mergekit"))
   _common.check_choice("dare", "sign", sign, _SIGNS)
   _common.check_choice("dare", "merge", merge, _MERGES)
+  _common.check_choice("dare", "uniform", uniform, tuple(UNIFORMS))
   flat = _common.flatten(pretrained, finetuned, task_vectors, exclude, "dare")
-  kw = dict(is_tv=flat.is_tv, keep_prob=1.0 - float(drop_rate), rescale=rescale)
+  kw = dict(is_tv=flat.is_tv, keep_prob=1.0 - float(drop_rate), rescale=rescale,
+            uniform=uniform)
 
   leaves = flat.pre + [x for o in flat.others for x in o]
   traced = _fused.is_traced(*leaves, key, scaling)
@@ -531,7 +539,7 @@ def della(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
           key: jax.Array | None = None, task_vectors: Sequence[PyTree] | None = None,
           density: float = 0.5, epsilon: float = 0.15, rescale: str | None = "mergekit",
           sign: str | None = "mass", merge: str = "mean", scaling: float | jax.Array = 1.0,
-          exclude: Exclude = None) -> PyTree:
+          exclude: Exclude = None, uniform: str = "hash") -> PyTree:
   """DELLA-Merging: magnitude-ranked random drop (MagPrune), rescale, elect, fuse.
 
   Deep et al., "DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based
@@ -543,6 +551,7 @@ def della(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
   Args:
     key: PRNG key (required); leaf ``i``'s masks are ``uniform(fold_in(key, i), [T, *s]) <
       keep_probs``.
+    uniform: the generator of :mod:`jaxmtl.rng`, "hash" (default) or "jax", as in :func:`dare`.
     density: mean keep probability, with ``density +- epsilon`` inside (0, 1).
     epsilon: spread of keep probabilities across magnitude ranks (mergekit default 0.15).
     rescale: "mergekit" (per-leaf L1-norm matching), "paper" (``1 / p_i``), or None.
@@ -556,14 +565,15 @@ def della(pretrained: PyTree, finetuned: Sequence[PyTree] | None = None, *,
   _common.check_choice("della", "rescale", rescale, (None, "paper", "mergekit"))
   _common.check_choice("della", "sign", sign, _SIGNS)
   _common.check_choice("della", "merge", merge, _MERGES)
+  _common.check_choice("della", "uniform", uniform, tuple(UNIFORMS))
   return _della(pretrained, finetuned, task_vectors, key, scaling, density=float(density),
                 epsilon=float(epsilon), rescale=rescale, sign=sign, merge=merge,
-                exclude=_common.freeze(exclude))
+                exclude=_common.freeze(exclude), uniform=uniform)
 
 
-@_common.jit_static("density", "epsilon", "rescale", "sign", "merge")
+@_common.jit_static("density", "epsilon", "rescale", "sign", "merge", "uniform")
 def _della(pretrained, finetuned, task_vectors, key, scaling, *, density, epsilon, rescale, sign,
-           merge, exclude):
+           merge, exclude, uniform):
   prep = _common.prepare(pretrained, finetuned, task_vectors, exclude, "della")
   if density >= 1:
     keeps = [[None if s is None else jnp.ones(s.shape[1:], bool) for s in prep.stacks]
@@ -572,7 +582,7 @@ def _della(pretrained, finetuned, task_vectors, key, scaling, *, density, epsilo
   else:
     probs_fn = jax.vmap(lambda x: della_keep_probs(x, density, epsilon))
     draws = [None if s is None else
-             jax.random.uniform(jax.random.fold_in(key, i), s.shape) < probs_fn(s)
+             rng_uniform(uniform, jax.random.fold_in(key, i), s.shape) < probs_fn(s)
              for i, s in enumerate(prep.stacks)]
     keeps = [[None if d is None else d[t] for d in draws] for t in range(prep.num_tasks)]
   deltas = della_deltas_from_masks(prep, keeps, density, epsilon, rescale, sign, merge)

@@ -17,6 +17,7 @@ from jaxmtl.mtl import qp
 from jaxmtl.mtl.aggregators.base import (Aggregator, PyTree, check_pref_vector,
                                          normalize_gramian, num_tasks, pref_weights,
                                          regularize_gramian, sum_tasks)
+from jaxmtl import rng
 
 __all__ = [
     "CAGrad", "AlignedMTL", "NashMTL", "GradDrop", "graddrop_update", "cagrad_direction",
@@ -280,13 +281,22 @@ def graddrop_update(jacobian: PyTree, uniform: PyTree, leak: jax.Array | None = 
 
   def one(leaf, u):
     acc = jnp.promote_types(leaf.dtype, jnp.float32)
-    x = leaf.astype(acc)
-    s, a = sum_tasks(x), sum_tasks(jnp.abs(x))
+    # Row by row (x[t], never an op over the stacked [T, ...] leaf): XLA then reads the T
+    # backward passes' outputs directly instead of materialising their stack (GradDrop@full,
+    # T=3, tools/bench_mtl.py: see docs/benchmarks.md).
+    rows = [leaf[t].astype(acc) for t in range(n)]
+    s, a = rows[0], jnp.abs(rows[0])
+    for r in rows[1:]:
+      s, a = s + r, a + jnp.abs(r)
     p = 0.5 * (1.0 + s / jnp.where(a > 0, a, 1.0))
     fp = p if f is None else f(p)
-    keep = ((fp > u)[None] & (x > 0)) | ((fp < u)[None] & (x < 0))
-    lk = leak.astype(acc).reshape((n,) + (1,) * (x.ndim - 1))
-    return sum_tasks((lk + (1 - lk) * keep.astype(acc)) * x).astype(leaf.dtype)
+    up, down = fp > u, fp < u
+    lk = leak.astype(acc)
+    out = jnp.zeros_like(s)
+    for t, r in enumerate(rows):
+      keep = (up & (r > 0)) | (down & (r < 0))
+      out = out + (lk[t] + (1 - lk[t]) * keep.astype(acc)) * r
+    return out.astype(leaf.dtype)
 
   return jax.tree_util.tree_map(one, jacobian, uniform)
 
@@ -299,19 +309,25 @@ class GradDrop(Aggregator):
   Dropout", arXiv 2010.06808, Algorithm 1 lines 10-15, applied to the parameter gradients as
   torchjd ``GradDrop`` does (``f`` identity by default, ``leak`` per task, default 0).
   Needs ``key``: one uniform draw per parameter, leaf ``i`` of the pytree uses
-  ``jax.random.fold_in(key, i)``. Element-wise, so not Gramian-expressible: `weights` raises and
-  ``__call__`` returns ``weights=None``.
+  ``jax.random.fold_in(key, i)``; ``uniform="hash"`` (default) draws them with the
+  counter-based hash of :mod:`jaxmtl.rng` (about 0.1x the cost of threefry on CPU),
+  ``uniform="jax"`` with ``jax.random.uniform`` (the configured PRNG implementation).
+  Element-wise, so not Gramian-expressible: `weights` raises and ``__call__`` returns
+  ``weights=None``.
 
   Robustness: coordinates where every task is 0 stay 0; zero rows are never kept or leaked.
   """
 
   leak: tuple[float, ...] | None = None
   f: Callable[[jax.Array], jax.Array] | None = None
+  uniform: str = "hash"
 
   needs_key = True
 
   def __post_init__(self):
     object.__setattr__(self, "leak", check_pref_vector(self.leak, "leak"))
+    if self.uniform not in rng.UNIFORMS:
+      raise ValueError(f"uniform must be one of {sorted(rng.UNIFORMS)}, got {self.uniform!r}.")
     if self.f is not None and not callable(self.f):
       raise TypeError(f"f must be callable or None, got {self.f!r}.")
 
@@ -327,8 +343,8 @@ class GradDrop(Aggregator):
     if self.leak is not None and len(self.leak) != n:
       raise ValueError(f"leak has {len(self.leak)} entries but the Jacobian has {n} tasks.")
     leaves, treedef = jax.tree_util.tree_flatten(jacobian)
-    uniform = [jax.random.uniform(jax.random.fold_in(key, i), leaf.shape[1:],
-                                  jnp.promote_types(leaf.dtype, jnp.float32))
+    uniform = [rng.uniform(self.uniform, jax.random.fold_in(key, i), leaf.shape[1:],
+                           jnp.promote_types(leaf.dtype, jnp.float32))
                for i, leaf in enumerate(leaves)]
     upd = graddrop_update(jacobian, jax.tree_util.tree_unflatten(treedef, uniform),
                           None if self.leak is None else jnp.asarray(self.leak), self.f)
