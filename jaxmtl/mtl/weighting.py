@@ -29,6 +29,7 @@ checkpointed by orbax. DB-MTL needs per-task gradients and so is a :class:`Gradi
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple
 
@@ -455,7 +456,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
   ``b ← g + β_t (b − g)``, ``β_t = β / k^σ`` (k = 1, 2, ... counted in ``state``; buffer starts
   at 0, no bias correction); ``α_i = max_j ‖b_j‖ / (‖b_i‖ + eps)``; ``combined = Σ α_i b_i`` (a
   pytree like one Jacobian row). ``init(jacobian_like)`` takes the Jacobian (or its
-  ``jax.eval_shape``) to size the buffer, O(T·P) memory. Task-specific parameters get the
+  ``jax.eval_shape``) to size the buffer, O(T·P) memory: a list of T pytrees like one row. Task-specific parameters get the
   gradient of ``Σ_i log(L_i + eps)`` over the tasks with ``L_i > 0`` (:func:`db_mtl_log_losses`).
 
   Losses ``<= 0`` (``log`` undefined; LibMTL gives NaN below 0 and a ``1e8``-scaled gradient at
@@ -468,7 +469,11 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
   eps = _positive("eps", eps)
 
   def init(jacobian_like):
-    buf = jax.tree_util.tree_map(lambda j: jnp.zeros(j.shape, jnp.float32), jacobian_like)
+    # One pytree per task (not leaves stacked [T, ...]): each task's EMA then writes its own
+    # (donated) buffer in place; a stacked buffer costs one more copy of T x P floats a step.
+    n = jax.tree_util.tree_leaves(jacobian_like)[0].shape[0]
+    buf = [jax.tree_util.tree_map(lambda j: jnp.zeros(j.shape[1:], jnp.float32), jacobian_like)
+           for _ in range(n)]
     return {"buffer": buf, "count": jnp.zeros((), jnp.int32)}
 
   def update(jacobian, losses, state, **_):
@@ -479,19 +484,26 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
     count = state["count"] + 1
     beta_t = beta / count.astype(jnp.float32) ** beta_sigma
 
-    def ema(j, b):
-      shape = (-1,) + (1,) * (j.ndim - 1)
-      g = j.astype(jnp.float32) * scale.reshape(shape)
-      return jnp.where(present.reshape(shape), g + beta_t * (b - g), b)
+    # Row by row (j[t]; never an op over a stacked [T, ...] leaf) so that XLA reads the T
+    # backward passes' outputs where they are, as GradDrop does (docs/benchmarks.md).
+    def ema(t, j, b):
+      g = j[t].astype(jnp.float32) * scale[t]
+      return jnp.where(present[t], g + beta_t * (b - g), b)
 
-    buf = jax.tree_util.tree_map(ema, jacobian, state["buffer"])
-    sq = sum(jnp.sum(b.reshape(b.shape[0], -1) ** 2, axis=1)
-             for b in jax.tree_util.tree_leaves(buf))
-    norms = jnp.sqrt(sq)
+    buf = [jax.tree_util.tree_map(functools.partial(ema, t), jacobian, b)
+           for t, b in enumerate(state["buffer"])]
+    norms = jnp.sqrt(jnp.stack([sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(b))
+                                for b in buf]))
     top = jnp.max(jnp.where(present, norms, 0.0))
     alpha = jnp.where(present, top / (norms + eps), 0.0)
-    combined = jax.tree_util.tree_map(
-      lambda b, j: jnp.tensordot(alpha, b, axes=1).astype(j.dtype), buf, jacobian)
+
+    def combine(j, *rows):
+      out = alpha[0] * rows[0]
+      for t in range(1, len(rows)):
+        out = out + alpha[t] * rows[t]
+      return out.astype(j.dtype)
+
+    combined = jax.tree_util.tree_map(combine, jacobian, *buf)
     return combined, WeightingAux(alpha, {"buffer": buf, "count": count})
 
   return GradientWeighting(init, update)

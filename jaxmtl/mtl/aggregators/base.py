@@ -146,11 +146,12 @@ def combine(jacobian: PyTree, weights: jax.Array) -> PyTree:
   def one(leaf):
     acc = jnp.promote_types(leaf.dtype, jnp.float32)
     w = weights.astype(acc)
-    if leaf.shape[0] > 4:
+    if leaf.shape[0] > 64:
       return jnp.tensordot(w, leaf.astype(acc), axes=(0, 0)).astype(leaf.dtype)
-    # Few tasks: an unrolled sum of scaled rows is one fused loop; XLA:CPU ran the tensordot
-    # over the leading axis ~1.8x slower (3.4M parameters, 3 tasks: 3.1 vs 1.7 ms). At 10 tasks
-    # the unrolled form made the aggregator steps of tools/bench_mtl.py slower, not faster.
+    # Up to 64 tasks an unrolled sum of scaled rows: one fused loop that, inside the train
+    # step, reads the T backward passes' outputs where they are. The tensordot over the leading
+    # axis needs them stacked first: on XLA:CPU 1.8x slower at 3 tasks (3.4M parameters: 3.1 vs
+    # 1.7 ms), and `mean@full` at 10 tasks 7.2x a gradient step against 5.6x (tools/bench_mtl.py).
     out = w[0] * leaf[0].astype(acc)
     for t in range(1, leaf.shape[0]):
       out = out + w[t] * leaf[t].astype(acc)
