@@ -45,6 +45,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxmtl.mtl.aggregators import base as agg_base
+
 PyTree = Any
 LossFn = Callable[..., tuple[jax.Array, Any]]
 
@@ -136,12 +138,14 @@ def gramian_of(jacobian: PyTree) -> jax.Array:
 
 
 def combine(weights: jax.Array, jacobian: PyTree) -> PyTree:
-  """``Jᵀ w``: contracts the leading task axis of every leaf with ``weights`` f32[T]."""
+  """``Jᵀ w``: contracts the leading task axis of every leaf with ``weights`` f32[T].
+
+  As an unrolled sum of scaled rows (`aggregators.combine`), which reads the T backward passes'
+  outputs without stacking them first."""
   weights = jnp.asarray(weights)
   if weights.ndim != 1:
     raise ValueError(f"weights must have shape [T], got {weights.shape}")
-  return jax.tree_util.tree_map(
-    lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jacobian)
+  return agg_base.combine(jacobian, weights)
 
 
 def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:

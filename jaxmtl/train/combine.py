@@ -313,9 +313,9 @@ def _weighting(w, cfg: MTLConfig, num_tasks: int, loss_fn) -> MTLMethod:
 
 
 def _row_sq_norms(tree) -> jax.Array:
-  """Squared norm of every row of a [T, ...] pytree, f32[T]."""
-  return sum(jnp.sum(jnp.square(j.reshape(j.shape[0], -1).astype(jnp.float32)), axis=1)
-             for j in jax.tree.leaves(tree))
+  """Squared norm of every row of a [T, ...] pytree, f32[T] (row by row: no stacked copy)."""
+  return sum(jnp.stack([jnp.sum(jnp.square(j[t].astype(jnp.float32)))
+                        for t in range(j.shape[0])]) for j in jax.tree.leaves(tree))
 
 
 def _sq_norm(tree) -> jax.Array:
