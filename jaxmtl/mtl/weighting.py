@@ -456,8 +456,9 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
   ``b ← g + β_t (b − g)``, ``β_t = β / k^σ`` (k = 1, 2, ... counted in ``state``; buffer starts
   at 0, no bias correction); ``α_i = max_j ‖b_j‖ / (‖b_i‖ + eps)``; ``combined = Σ α_i b_i`` (a
   pytree like one Jacobian row). ``init(jacobian_like)`` takes the Jacobian (or its
-  ``jax.eval_shape``) to size the buffer, O(T·P) memory: a list of T pytrees like one row. Task-specific parameters get the
-  gradient of ``Σ_i log(L_i + eps)`` over the tasks with ``L_i > 0`` (:func:`db_mtl_log_losses`).
+  ``jax.eval_shape``) to size the buffer, O(T·P) memory: a list of T pytrees like one row.
+  Task-specific parameters get the gradient of ``Σ_i log(L_i + eps)`` over the tasks with
+  ``L_i > 0`` (:func:`db_mtl_log_losses`).
 
   Losses ``<= 0`` (``log`` undefined; LibMTL gives NaN below 0 and a ``1e8``-scaled gradient at
   exactly 0; a mixture batch without examples of a task reports 0): the task is left out that

@@ -430,7 +430,8 @@ def _aggregate(cfg: MTLConfig, agg, num_tasks: int, loss_fn, features_fns) -> MT
       losses, stats, jac_shared, jac_heads = _param_rows(cfg, loss_fn, features_fns, params,
                                                          batch, num_tasks)
       head_grads = _sum_tasks(jac_heads)
-      update, weights, agg_state = agg(jac_shared, state=agg_state, key=key)
+      update, weights, agg_state = agg(jac_shared, state=agg_state, key=key,
+                                       rows=_rows(cfg).get("unroll", False))
     new_state = {"agg": agg_state} if agg.stateful else {}
     weights = jnp.zeros((num_tasks,)) if weights is None else weights
     return {**update, HEADS: head_grads}, losses, weights, new_state, stats

@@ -13,11 +13,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxmtl import rng
 from jaxmtl.mtl import qp
 from jaxmtl.mtl.aggregators.base import (Aggregator, PyTree, check_pref_vector,
                                          normalize_gramian, num_tasks, pref_weights,
-                                         regularize_gramian, sum_tasks)
-from jaxmtl import rng
+                                         regularize_gramian)
 
 __all__ = [
     "CAGrad", "AlignedMTL", "NashMTL", "GradDrop", "graddrop_update", "cagrad_direction",
@@ -335,8 +335,9 @@ class GradDrop(Aggregator):
     raise TypeError("GradDrop is element-wise and has no Gramian weights; call it on the "
                     "Jacobian instead.")
 
-  def __call__(self, jacobian: PyTree, *, state: Any = None,
-               key: jax.Array | None = None) -> tuple[PyTree, None, Any]:
+  def __call__(self, jacobian: PyTree, *, state: Any = None, key: jax.Array | None = None,
+               rows: bool = False) -> tuple[PyTree, None, Any]:
+    del rows  # element-wise: reads the rows as they are either way
     if key is None:
       raise ValueError("GradDrop is randomised: pass key=jax.random.key(...).")
     n = num_tasks(jacobian)
