@@ -305,17 +305,19 @@ def test_bf16_pytree_leaves_keep_dtype():
   assert update["w"].shape == (2, 2) and weights.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("tasks", [1, 2, 3, 4, 5, 10])
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("tasks", [1, 2, 3, 4, 5, 10, 16, 17])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gramian_and_combine_of_large_leaves_match_numpy(tasks, dtype):
-  """Large leaves take the fast paths (pairwise reduce for <= 4 tasks, column blocks above;
-  unrolled row sums in `combine`): same values as float64 numpy."""
+def test_gramian_and_combine_of_large_leaves_match_numpy(tasks, dtype, rows):
+  """Large leaves take the fast paths (pairwise reduce for <= 4 tasks, or <= 16 in blocks of 4
+  with `rows=True`; column blocks above; unrolled row sums in `combine`): same values as
+  float64 numpy."""
   rng = np.random.default_rng(tasks)
   shapes = [(64, 80), (3 * 4096,), (2 * 32768 + 16,), (7,)]
   jac = {f"l{i}": rng.standard_normal((tasks,) + s).astype(dtype) for i, s in enumerate(shapes)}
   flat = np.concatenate([v.reshape(tasks, -1).astype(np.float64) for v in jac.values()], axis=1)
   with jax.enable_x64(dtype == np.float64):
-    g = np.asarray(A.gramian(jax.tree.map(jnp.asarray, jac)), np.float64)
+    g = np.asarray(A.gramian(jax.tree.map(jnp.asarray, jac), rows=rows), np.float64)
     w = rng.standard_normal(tasks)
     upd = A.combine(jax.tree.map(jnp.asarray, jac), jnp.asarray(w, dtype))
   tol = 1e-12 if dtype == np.float64 else 2e-5
