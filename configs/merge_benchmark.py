@@ -13,7 +13,7 @@ MultiDigits, 1 seed, short stages (the Quickstart's merging run).
 import ml_collections
 
 from jaxmtl.config import default_config
-from jaxmtl.merging.benchmark import METHODS
+from jaxmtl.merging.benchmark import DATA_FREE, METHODS
 
 FULL_TASKS = ("mnist", "digits", "mnist1d", "multidigits", "mnist_m", "mnist_perm",
               "fashion_perm", "digits_perm")
@@ -46,7 +46,10 @@ def get_config(arg: str = ""):
       check_acceptance=True, cache=""))
   # Options with a None default are set here so that they can be overridden from the CLI.
   c.benchmark.adamerging_entropy_eps = ml_collections.config_dict.placeholder(float)
-  c.benchmark.method_options = ml_collections.ConfigDict(type_safe=False)
+  # Every data-free method's defaults, so that `--config.benchmark.method_options.dare.drop_rate=0.3`
+  # (an existing key) can be given on the command line.
+  c.benchmark.method_options = ml_collections.ConfigDict(
+      {m: dict(opts) for m, (_, opts) in DATA_FREE.items()}, type_safe=False)
   if arg == "runlocal":
     c.model.width = 128
     c.benchmark.update(

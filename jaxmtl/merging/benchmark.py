@@ -58,7 +58,7 @@ DATA_FREE: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "weight_averaging": (M.weight_average, {}),
     "task_arithmetic": (M.task_arithmetic, {"scaling": 0.3}),
     "ties": (M.ties, {"density": 0.2, "merge": "sum", "scaling": 0.3}),
-    "dare": (M.dare, {"drop_rate": 0.5, "scaling": 0.3}),
+    "dare": (M.dare, {"drop_rate": 0.5, "scaling": 0.3, "uniform": "hash"}),
     "breadcrumbs": (M.breadcrumbs, {"density": 0.1, "gamma": 0.01, "scaling": 0.3}),
     "consensus": (M.consensus, {"k": 2, "tall_mask_lambda": 0.4}),
     "tsv": (M.tsv, {"scaling": 1.0}),
