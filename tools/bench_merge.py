@@ -8,7 +8,8 @@ Cases, each printed as one JSON line:
   program per leaf shape called leaf by leaf (``leafwise``, what the merges do); with
   ``--floor both`` (default) each round's floor is the faster of the two.
 * ``task_arithmetic``, ``weight_average``, ``ties_global`` (official global trim, density 0.2),
-  ``dare`` (drop 0.9, paper rescale), ``consensus`` (TALL masks on task arithmetic):
+  ``dare`` (drop 0.9, paper rescale; masks from ``jaxmtl.rng``'s hash), ``dare_jax_uniform``
+  (the same with ``uniform="jax"``: threefry), ``consensus`` (TALL masks on task arithmetic):
   ``jaxmtl.merging`` called as a user would, outside ``jax.jit`` (each runs one fused program
   per leaf shape; global TIES also runs its exact threshold selection).
 * ``task_arithmetic_treemap``: the task-arithmetic formula as one hand-written, jitted

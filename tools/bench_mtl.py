@@ -26,6 +26,8 @@ memory O(params)): peak memory ≤ 1.5× equal weighting (its time is reported, 
 cotangents, `jaxmtl.mtl.ghost`; same update as `jacobian`): the `jacobian` goals;
 `vmap`: the full Jacobian with the T backward passes batched by `vmap` (the accelerator
 default of `mtl.jacobian="full"`; on CPU "full" runs them one at a time), for comparison.
+`graddrop@full:jax_uniform`: GradDrop with `jax.random.uniform` (threefry) instead of the
+default counter hash of `jaxmtl.rng`, for comparison.
 """
 from __future__ import annotations
 
