@@ -50,8 +50,7 @@ def hash_uniform(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> j
     raise ValueError(f"hash_uniform counts elements in uint32: an array of {size} elements "
                      f"(shape {shape}) is too large; split the leaf")
   seeds = jax.random.bits(key, (2,), jnp.uint32)
-  counter = jax.lax.iota(jnp.uint32, size).reshape(shape) if size else jnp.zeros(
-      shape, jnp.uint32)
+  counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
   h = _triple32(_triple32(counter + seeds[0]) ^ seeds[1])
   return ((h >> 8).astype(jnp.float32) * np.float32(2.0**-24)).astype(dtype)
 

@@ -36,6 +36,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxmtl.mtl.aggregators.base import weighted_sum
+
 PyTree = Any
 sg = jax.lax.stop_gradient
 
@@ -497,14 +499,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> Gra
                                 for b in buf]))
     top = jnp.max(jnp.where(present, norms, 0.0))
     alpha = jnp.where(present, top / (norms + eps), 0.0)
-
-    def combine(j, *rows):
-      out = alpha[0] * rows[0]
-      for t in range(1, len(rows)):
-        out = out + alpha[t] * rows[t]
-      return out.astype(j.dtype)
-
-    combined = jax.tree_util.tree_map(combine, jacobian, *buf)
+    combined = jax.tree_util.tree_map(
+        lambda j, *rows: weighted_sum(rows, alpha).astype(j.dtype), jacobian, *buf)
     return combined, WeightingAux(alpha, {"buffer": buf, "count": count})
 
   return GradientWeighting(init, update)
