@@ -8,9 +8,10 @@ eager result must equal both a numpy k-th largest and the traced (radix-select) 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxmtl.merging import methods as M
-from jaxmtl.merging.methods import _select
+from jaxmtl.merging.methods import _fused, _select
 
 SHAPES = {"a": (1024, 1536), "b": (512, 1024), "c": (300, 700), "bias": (1536,)}
 
@@ -25,31 +26,68 @@ def _trees(seed: int, tasks: int):
       tau = rng.standard_normal(s).astype(np.float32) * 0.01
       tau.reshape(-1)[:: 97] = 0.0                      # exact zeros
       tau.reshape(-1)[5::89] = np.float32(0.004)        # many equal magnitudes (ties)
+      tau.reshape(-1)[7::101] = np.float32([0.03, -0.03][t] if t < 2 else 0.0)  # cancel
       ft[k] = pre[k] + tau
     fts.append(ft)
   return pre, fts
 
 
-def test_kth_largest_keys_matches_numpy_above_host_shortcut():
-  pre, fts = _trees(0, 3)
+@pytest.mark.parametrize("tasks,is_tv", [(3, False), (8, True)])
+def test_kth_largest_keys_matches_numpy_above_host_shortcut(tasks, is_tv):
+  from jaxmtl.merging.methods import diagnostics
+  pre, fts = _trees(0, tasks)
   d = sum(int(np.prod(s)) for s in SHAPES.values())
   assert d > _select._SMALL                               # the counting path, not the shortcut
   k = int(d * 0.2) + 1
-  keys = _select.kth_largest_keys([jnp.asarray(pre[n]) for n in SHAPES],
-                                  [[jnp.asarray(ft[n]) for n in SHAPES] for ft in fts],
-                                  False, k)
+  others = [[jnp.asarray(ft[n] - pre[n] if is_tv else ft[n]) for n in SHAPES] for ft in fts]
+  with diagnostics.collect() as stats:
+    keys = _select.kth_largest_keys([jnp.asarray(pre[n]) for n in SHAPES], others, is_tv, k)
+  assert stats.get("extractions", 0) >= 1 and "extract_mismatch" not in stats, stats
   for t, ft in enumerate(fts):
-    mags = np.concatenate([np.abs((jnp.asarray(ft[n]) - jnp.asarray(pre[n])).reshape(-1))
-                           for n in SHAPES])
+    mags = np.concatenate([np.abs(np.asarray(o).reshape(-1) if is_tv else
+                                  (np.asarray(o) - jnp.asarray(pre[n])).reshape(-1))
+                           for n, o in zip(SHAPES, others[t])])
     want = np.partition(mags, d - k)[d - k]
     assert keys.view(np.float32)[t] == want
+
+
+def test_set_bits_lists_every_set_bit_per_row():
+  rng = np.random.default_rng(3)
+  words = (rng.integers(0, 2**32, (4, 50), dtype=np.uint64)
+           * (rng.random((4, 50)) < 0.2)).astype(np.uint32)
+  words[1, 7], words[2] = 0xFFFFFFFF, 0
+  words[3, 0] = 0x80000001                      # lanes 0 and 31
+  got = _select._set_bits(words)
+  for r in range(4):
+    want = [32 * w + l for w in range(50) for l in range(32) if (int(words[r, w]) >> l) & 1]
+    np.testing.assert_array_equal(got[r], want)
+  assert got[2].size == 0 and got[3][:2].tolist() == [0, 31]
+
+
+def test_gap_flags_and_gap_keys_by_hand():
+  pres = np.zeros(70, np.uint32)                 # 70 groups -> 3 flag words per task
+  pres[[0, 33, 69]] = 1 << 2                     # task 0 watches bit 2
+  pres[[5, 33]] |= 1 << 4                        # task 1 watches bit 4
+  flags = np.asarray(_fused.gap_flags(jnp.asarray(pres), jnp.asarray([2, 4], jnp.int32)))
+  assert flags.shape == (2, 3)
+  assert flags[0].tolist() == [1, 2, 1 << 5] and flags[1].tolist() == [1 << 5, 2, 0]
+  a = np.arange(20, dtype=np.float32)            # 2 full groups + a 4-entry tail
+  o = [a + np.float32(0.5), a - np.arange(20, dtype=np.float32)]
+  keys = np.asarray(_fused.gap_keys(jnp.asarray(a), [jnp.asarray(x) for x in o],
+                                    jnp.asarray([[1, 0], [0, 0]], jnp.int32), is_tv=False))
+  assert keys.shape == (2, 2, 8)
+  np.testing.assert_array_equal(keys[0, 0].view(np.float32), np.full(8, 0.5, np.float32))
+  np.testing.assert_array_equal(keys[1, 0].view(np.float32), np.arange(8, dtype=np.float32))
 
 
 def test_eager_global_ties_equals_traced_radix_path():
   pre, fts = _trees(1, 3)
   pre_j = jax.tree.map(jnp.asarray, pre)
   fts_j = [jax.tree.map(jnp.asarray, f) for f in fts]
-  eager = M.ties(pre_j, fts_j, density=0.2)
+  from jaxmtl.merging.methods import diagnostics
+  with diagnostics.collect() as stats:
+    eager = M.ties(pre_j, fts_j, density=0.2)
+  assert stats.get("fix_entries", 0) > 0, stats   # exact cancellations: the fix-up path ran
   traced = jax.jit(lambda p, f: M.ties(p, f, density=0.2))(pre_j, fts_j)
   for n in SHAPES:
     np.testing.assert_allclose(np.asarray(eager[n]), np.asarray(traced[n]), rtol=0, atol=1e-7)

@@ -42,7 +42,7 @@ from jaxmtl.merging.task_vectors import compute_dtype
 from jaxmtl.rng import uniform as rng_uniform
 
 __all__ = ["is_traced", "is_sharded", "linear_leaf", "ties_leaf", "signsum_leaf", "dare_leaf",
-           "dare_signsum_leaf", "consensus_leaf", "code_leaf", "keys_leaf", "host_keys",
+           "dare_signsum_leaf", "consensus_leaf", "code_leaf", "gap_flags", "gap_keys", "keys_leaf", "host_keys",
            "edges_per_task", "MAX_TASKS_PER_PASS", "Unit", "leaf_units", "run_leafwise"]
 
 MAX_TASKS_PER_PASS = 8    # tasks counted by one code_leaf call (4 words x 8 nibbles = 32 pairs)
@@ -139,7 +139,9 @@ def _finish(a, ac, tot, ambiguous, s, scaling, mark, sign_from_out):
   :func:`run_leafwise` needs for the official majority sign without another read of the inputs.
 
   Marked outputs hold NaN where the value depends on the majority (``ambiguous``); ``aux`` =
-  (vote ``sum sign(s)`` over the other entries, NaN count).
+  (vote ``sum sign(s)`` over the other entries, NaN count, NaN count per row of ``_VOTE_ROW``
+  consecutive entries ``[ceil(n / _VOTE_ROW)]``, which tells :func:`run_leafwise` where to look
+  without another pass over the output).
 
   With ``sign_from_out`` (float32 outputs, ``scaling != 0``) entries where the update rounds
   away (``out == theta_0`` although ``s != 0``) are marked too, and then ``sign(out -
@@ -173,19 +175,7 @@ def _finish(a, ac, tot, ambiguous, s, scaling, mark, sign_from_out):
   rv, rn = lax.reduce((vote.reshape(-1, _VOTE_ROW), nanc.reshape(-1, _VOTE_ROW)),
                       (jnp.int32(0), jnp.int32(0)),
                       lambda xs, ys: (xs[0] + ys[0], xs[1] + ys[1]), (1,))
-  return out, (flip * jnp.sum(rv), jnp.sum(rn))
-
-
-@jax.jit
-def nan_groups(out):
-  """``(NaN count per group of 8 entries [n // 8], NaN mask of the n % 8 tail entries)``."""
-  ob = out.reshape(-1)
-  n = ob.shape[0]
-  m = n // _GROUP
-  nan = jnp.isnan(ob)
-  (gn,) = lax.reduce((nan[:_GROUP * m].reshape(m, _GROUP).astype(jnp.int32),), (jnp.int32(0),),
-                     lambda xs, ys: (xs[0] + ys[0],), (1,))
-  return gn, nan[_GROUP * m:]
+  return out, (flip * jnp.sum(rv), jnp.sum(rn), rn)
 
 
 _MARK_ARGS = ("mark", "sign_from_out")
@@ -387,6 +377,45 @@ def code_leaf(total, a, others, edges, *, is_tv, stride, presence):
   return total, pres, tail
 
 
+@jax.jit
+def gap_flags(pres, bits):
+  """Packed per-task flags of the groups whose presence word has bit ``bits[t]`` set.
+
+  Args:
+    pres: ``uint32 [m]`` presence words of :func:`code_leaf`; bits: ``int32 [T]``.
+
+  Returns:
+    ``uint32 [T, ceil(m / 32)]``: bit ``l`` of word ``w`` of task ``t`` is bit ``bits[t]`` of
+    ``pres[32 w + l]`` (one variadic reduce over rows of 32 words, so the host scans 1/32 of
+    the words).
+  """
+  pad = (-pres.shape[0]) % 32
+  p = jnp.pad(pres, (0, pad)).reshape(-1, 32)
+  lane = jnp.arange(32, dtype=jnp.uint32)
+  parts = tuple(((p >> bits[t].astype(jnp.uint32)) & jnp.uint32(1)) << lane
+                for t in range(bits.shape[0]))
+  red = lax.reduce(parts, tuple(jnp.uint32(0) for _ in parts),
+                   lambda xs, ys: tuple(x | y for x, y in zip(xs, ys)), (1,))
+  return jnp.stack(red)
+
+
+@functools.partial(jax.jit, static_argnames=("is_tv",))
+def gap_keys(a, others, groups, *, is_tv):
+  """Keys of task ``t`` in the groups of 8 entries ``groups[t]``: ``uint32 [T, G, 8]``.
+
+  Same arithmetic as :func:`code_leaf` (so the extracted keys match its counts bit for bit);
+  ``groups`` ``int32 [T, G]`` index the ``n // 8`` full groups (padding may repeat any index).
+  """
+  m = a.size // _GROUP
+  rows = lambda x: x.reshape(-1)[:_GROUP * m].reshape(m, _GROUP)
+  ar = rows(a)
+  out = []
+  for t, o in enumerate(others):
+    _, (tau,) = _taus(ar[groups[t]], [rows(o)[groups[t]]], is_tv)
+    out.append(_key(tau))
+  return jnp.stack(out)
+
+
 @functools.partial(jax.jit, static_argnames=("is_tv",))
 def keys_leaf(a, others, *, is_tv):
   """All keys ``bitcast(|tau_t|)`` of one leaf, ``uint32 [T, n]`` (small problems only)."""
@@ -472,6 +501,11 @@ def _scatter_set(x, idx, vals):
   return x.reshape(-1).at[idx].set(vals.astype(x.dtype)).reshape(x.shape)
 
 
+@jax.jit
+def _take(x, idx):
+  return x.reshape(-1)[idx]
+
+
 def _bucket(n: int) -> int:
   return max(64, 1 << (n - 1).bit_length())
 
@@ -528,16 +562,17 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
         for i in bad:
           vals[i] = kernel(units[i], units[i].pre, units[i].others, maj, False)[0]
       else:
-        # exact NaN positions per flagged unit (NaN groups on the device, then the host)
-        pend = [(i, nan_groups(vals[i])) for i in bad]
+        # exact NaN positions per flagged unit: only its rows that hold a NaN (the kernels'
+        # per-row counts) are gathered, on the device: a host view of the whole output would
+        # stop _scatter_set from updating it in place (jax keeps that view alive)
         batches = {}   # same dtypes -> one gathered batch for all flagged units
-        for i, (groups, tail) in pend:
+        for i in bad:
           u = units[i]
-          m = int(u.pre.size) // _GROUP
-          g = np.flatnonzero(np.asarray(groups))
-          pos = np.concatenate([(g[:, None] * _GROUP + np.arange(_GROUP)).reshape(-1),
-                                _GROUP * m + np.flatnonzero(np.asarray(tail))])
-          pos = pos[np.isnan(np.asarray(vals[i]).reshape(-1)[pos].astype(np.float32))]
+          rows = np.flatnonzero(np.asarray(auxes[i][2]))
+          idx = (rows[:, None] * _VOTE_ROW + np.arange(_VOTE_ROW)).reshape(-1)
+          idx = idx[idx < int(u.pre.size)]
+          got = np.asarray(_take(vals[i], jnp.asarray(_pad(idx, _bucket(idx.size)))))
+          pos = idx[np.isnan(got[:idx.size].astype(np.float32))]
           sig = (np.dtype(u.pre.dtype),) + tuple(np.dtype(o.dtype) for o in u.others)
           batches.setdefault(sig, []).append((i, pos))
         gathered = []

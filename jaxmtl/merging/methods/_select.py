@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxmtl.merging.methods import diagnostics
 from jaxmtl.merging.methods._fused import (MAX_TASKS_PER_PASS, code_leaf, edges_per_task,
-                                           host_keys, keys_leaf, sub_size)
+                                           gap_flags, gap_keys, host_keys, keys_leaf, sub_size)
 
 __all__ = ["kth_largest_keys"]
 
@@ -81,6 +81,35 @@ def _host_flat(x) -> np.ndarray:
   if shards is not None and len(shards) > 1:
     x = shards[0].data
   return np.asarray(x).reshape(-1)
+
+
+# lane of a single set bit b of a uint32: _DEBRUIJN[(b * 0x077CB531 mod 2**32) >> 27]
+_DEBRUIJN = np.array([0, 1, 28, 2, 29, 14, 24, 3, 30, 22, 20, 15, 25, 17, 4, 8, 31, 27, 13, 23,
+                      21, 19, 16, 7, 26, 12, 18, 6, 11, 5, 10, 9], np.int64)
+
+
+def _set_bits(words: np.ndarray) -> list[np.ndarray]:
+  """Per row of ``uint32 [R, W]`` words, the positions ``32 w + l`` of the set bits ``l`` of its
+  words ``w`` (ascending). Vectorised over all rows; peels one lowest set bit per round (flags
+  are sparse: most words hold none or one)."""
+  r_n, w_n = words.shape
+  flat = np.flatnonzero(words)
+  w = words.reshape(-1)[flat].astype(np.uint32)
+  keys = []
+  while w.size:
+    low = w & (~w + np.uint32(1))
+    keys.append(flat * 32 + _DEBRUIJN[(low * np.uint32(0x077CB531)) >> np.uint32(27)])
+    w = w ^ low
+    more = w != 0
+    flat, w = flat[more], w[more]
+  key = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+  cuts = np.searchsorted(key, np.arange(1, r_n) * (w_n * 32))
+  return [k - r * w_n * 32 for r, k in enumerate(np.split(key, cuts))]
+
+
+def _bucket(n: int) -> int:
+  """Padded length of a gather of ``n`` groups (powers of two: few compiled shapes)."""
+  return max(64, 1 << (n - 1).bit_length())
 
 
 def _key_value(key: int) -> float:
@@ -296,41 +325,40 @@ class _Chunk:
 
   def _extract(self, tasks: list[int], edges: np.ndarray, pres, tails) -> None:
     """Selects the exact rank on the host for ``tasks`` whose bracket is one gap of ``edges``:
-    gathers the groups of 8 entries flagged by the presence bits and keeps their keys inside
-    the gap; their number must equal the exact count of the gap."""
-    bits = {}
+    the groups of 8 entries flagged by the presence bits of that gap are found from packed
+    flags (:func:`gap_flags`), their keys gathered on the device (:func:`gap_keys`) and kept
+    when inside the gap; their number must equal the exact count of the gap."""
+    bits = []
     for t in tasks:
       j = int(np.searchsorted(edges[t], self.lo[t], side="right")) - 1
-      bits[t] = t * (self.e - 1) + j
-    mask = np.uint32(sum(1 << bits[t] for t in tasks))
-    rows_a = {t: [] for t in tasks}
-    rows_o = {t: [] for t in tasks}
-    tail_keys = {t: [] for t in tasks}
-    for i, a in enumerate(self.pre):
-      tail = np.asarray(tails[i])
+      bits.append(t * (self.e - 1) + j)
+    bvec = jnp.asarray(bits, jnp.int32)
+    flags = [gap_flags(p, bvec) if p is not None and p.shape[0] else None for p in pres]
+    gathers = []   # (leaf, per-task group indices, device keys), dispatched before any is read
+    for i, f in enumerate(flags):
+      if f is None:
+        continue
+      per = _set_bits(np.asarray(f))
+      most = max(g.size for g in per)
+      if not most:
+        continue
+      idx = np.zeros((len(tasks), _bucket(most)), np.int32)
+      for r, g in enumerate(per):
+        idx[r, :g.size] = g
+      gathers.append((per, gap_keys(self.pre[i], [self.others[t][i] for t in tasks],
+                                    jnp.asarray(idx), is_tv=self.is_tv)))
+    cand = {t: [] for t in tasks}
+    for tail in tails:
+      tail = np.asarray(tail)
       if tail.size:
         for t in tasks:
-          tail_keys[t].append(tail[t])
-      p = pres[i]
-      if p is None or not p.shape[0]:
-        continue
-      pn = np.asarray(p)
-      groups = np.flatnonzero(pn & mask)
-      if not len(groups):
-        continue
-      m = pn.shape[0]
-      arows = np.asarray(a).reshape(-1)[:8 * m].reshape(m, 8)[groups]
-      pg = pn[groups]
-      for t in tasks:
-        sel = ((pg >> np.uint32(bits[t])) & np.uint32(1)).astype(bool)
-        if sel.any():
-          ov = np.asarray(self.others[t][i]).reshape(-1)[:8 * m].reshape(m, 8)
-          rows_a[t].append(arows[sel].astype(np.float32, copy=False))
-          rows_o[t].append(ov[groups[sel]].astype(np.float32, copy=False))
+          cand[t].append(tail[t])
+    for per, keys in gathers:
+      kk = np.asarray(keys)
+      for r, t in enumerate(tasks):
+        cand[t].append(kk[r, :per[r].size].reshape(-1))
     for t in tasks:
-      parts = [host_keys(np.concatenate(rows_a[t]), np.concatenate(rows_o[t]),
-                         self.is_tv).reshape(-1)] if rows_a[t] else []
-      c = np.concatenate(parts + tail_keys[t]) if parts or tail_keys[t] else np.zeros(0, np.uint32)
+      c = np.concatenate(cand[t]) if cand[t] else np.zeros(0, np.uint32)
       c = c[(c >= self.lo[t]) & (c < self.hi[t])]
       p = self.c_lo[t] - self.c_hi[t]
       if c.size != p:   # host and device disagree: keep narrowing on the device instead
