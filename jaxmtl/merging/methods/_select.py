@@ -334,15 +334,16 @@ class _Chunk:
       bits.append(t * (self.e - 1) + j)
     bvec = jnp.asarray(bits, jnp.int32)
     flags = [gap_flags(p, bvec) if p is not None and p.shape[0] else None for p in pres]
-    gathers = []   # (leaf, per-task group indices, device keys), dispatched before any is read
-    for i, f in enumerate(flags):
-      if f is None:
+    found = {i: _set_bits(np.asarray(f)) for i, f in enumerate(flags) if f is not None}
+    width = {}   # one padded gather length per leaf shape: few programs to compile
+    for i, per in found.items():
+      shape = np.shape(self.pre[i])
+      width[shape] = max(width.get(shape, 0), max(g.size for g in per))
+    gathers = []   # (per-task group indices, device keys), all dispatched before any is read
+    for i, per in found.items():
+      if not max(g.size for g in per):
         continue
-      per = _set_bits(np.asarray(f))
-      most = max(g.size for g in per)
-      if not most:
-        continue
-      idx = np.zeros((len(tasks), _bucket(most)), np.int32)
+      idx = np.zeros((len(tasks), _bucket(width[np.shape(self.pre[i])])), np.int32)
       for r, g in enumerate(per):
         idx[r, :g.size] = g
       gathers.append((per, gap_keys(self.pre[i], [self.others[t][i] for t in tasks],
