@@ -42,7 +42,8 @@ from jaxmtl.merging.task_vectors import compute_dtype
 from jaxmtl.rng import uniform as rng_uniform
 
 __all__ = ["is_traced", "is_sharded", "linear_leaf", "ties_leaf", "signsum_leaf", "dare_leaf",
-           "dare_signsum_leaf", "consensus_leaf", "code_leaf", "gap_flags", "gap_keys", "keys_leaf", "host_keys",
+           "dare_signsum_leaf", "consensus_leaf", "code_leaf", "gap_flags", "gap_keys",
+           "keys_leaf", "host_keys",
            "edges_per_task", "MAX_TASKS_PER_PASS", "Unit", "leaf_units", "run_leafwise"]
 
 MAX_TASKS_PER_PASS = 8    # tasks counted by one code_leaf call (4 words x 8 nibbles = 32 pairs)
@@ -139,9 +140,10 @@ def _finish(a, ac, tot, ambiguous, s, scaling, mark, sign_from_out):
   :func:`run_leafwise` needs for the official majority sign without another read of the inputs.
 
   Marked outputs hold NaN where the value depends on the majority (``ambiguous``); ``aux`` =
-  (vote ``sum sign(s)`` over the other entries, NaN count, NaN count per row of ``_VOTE_ROW``
-  consecutive entries ``[ceil(n / _VOTE_ROW)]``, which tells :func:`run_leafwise` where to look
-  without another pass over the output).
+  (vote ``sum sign(s)`` over the other entries, NaN count, and both per row of ``_VOTE_ROW``
+  consecutive entries: NaN counts and votes ``[ceil(n / _VOTE_ROW)]``, with which
+  :func:`run_leafwise` redoes just the rows that hold a NaN, without another pass over the
+  output).
 
   With ``sign_from_out`` (float32 outputs, ``scaling != 0``) entries where the update rounds
   away (``out == theta_0`` although ``s != 0``) are marked too, and then ``sign(out -
@@ -175,7 +177,8 @@ def _finish(a, ac, tot, ambiguous, s, scaling, mark, sign_from_out):
   rv, rn = lax.reduce((vote.reshape(-1, _VOTE_ROW), nanc.reshape(-1, _VOTE_ROW)),
                       (jnp.int32(0), jnp.int32(0)),
                       lambda xs, ys: (xs[0] + ys[0], xs[1] + ys[1]), (1,))
-  return out, (flip * jnp.sum(rv), jnp.sum(rn), rn)
+  rv = flip * rv
+  return out, (jnp.sum(rv), jnp.sum(rn), rn, rv)
 
 
 _MARK_ARGS = ("mark", "sign_from_out")
@@ -501,11 +504,6 @@ def _scatter_set(x, idx, vals):
   return x.reshape(-1).at[idx].set(vals.astype(x.dtype)).reshape(x.shape)
 
 
-@jax.jit
-def _take(x, idx):
-  return x.reshape(-1)[idx]
-
-
 def _bucket(n: int) -> int:
   return max(64, 1 << (n - 1).bit_length())
 
@@ -529,9 +527,10 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
   first. Eagerly the kernels run once with ``majority = +1``, mark those entries NaN and return
   the vote of the others (:func:`_finish`); then, only where NaNs came back,
 
-  * ``entry_signs(pre, others)`` given (TIES, consensus): the flagged groups of 8 entries are
-    gathered (from all flagged units at once), their votes added, and their merged values
-    recomputed with the majority and scattered back;
+  * ``entry_signs(pre, others)`` given (TIES, consensus): the entries of every row of
+    ``_VOTE_ROW`` that holds a NaN are gathered (from all flagged units at once), the rows'
+    votes replaced by their entries' votes, and their merged values recomputed with the
+    majority and scattered back;
   * otherwise (DARE, whose masks are drawn per leaf): the flagged units' votes are recounted
     with ``signsum(unit)`` and the units recomputed.
   """
@@ -562,17 +561,15 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
         for i in bad:
           vals[i] = kernel(units[i], units[i].pre, units[i].others, maj, False)[0]
       else:
-        # exact NaN positions per flagged unit: only its rows that hold a NaN (the kernels'
-        # per-row counts) are gathered, on the device: a host view of the whole output would
-        # stop _scatter_set from updating it in place (jax keeps that view alive)
+        # every entry of the rows that hold a NaN (the kernels' per-row counts) is redone:
+        # those rows' votes are taken out of the total and recounted entry by entry
         batches = {}   # same dtypes -> one gathered batch for all flagged units
         for i in bad:
           u = units[i]
           rows = np.flatnonzero(np.asarray(auxes[i][2]))
-          idx = (rows[:, None] * _VOTE_ROW + np.arange(_VOTE_ROW)).reshape(-1)
-          idx = idx[idx < int(u.pre.size)]
-          got = np.asarray(_take(vals[i], jnp.asarray(_pad(idx, _bucket(idx.size)))))
-          pos = idx[np.isnan(got[:idx.size].astype(np.float32))]
+          vote -= int(np.asarray(auxes[i][3])[rows].astype(np.int64).sum())
+          pos = (rows[:, None] * _VOTE_ROW + np.arange(_VOTE_ROW)).reshape(-1)
+          pos = pos[pos < int(u.pre.size)]
           sig = (np.dtype(u.pre.dtype),) + tuple(np.dtype(o.dtype) for o in u.others)
           batches.setdefault(sig, []).append((i, pos))
         gathered = []
