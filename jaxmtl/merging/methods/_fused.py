@@ -585,13 +585,18 @@ def run_leafwise(flat, units, kernel, *, elect: bool, traced: bool, signsum=None
           gathered.append((items, g_pre, g_oth, n))
         maj = jnp.int32(np.sign(vote))
         diagnostics.record(fix_majority=int(np.sign(vote)))
+        width = {}   # one scatter length per leaf shape: few programs to compile
+        for items, *_ in gathered:
+          for i, p in items:
+            sh = tuple(vals[i].shape)
+            width[sh] = max(width.get(sh, 0), _bucket(p.size))
         for items, g_pre, g_oth, n in gathered:
           new = np.asarray(kernel(units[items[0][0]], g_pre, g_oth, maj, False)[0])[:n]
           start = 0
           for i, p in items:
             v = new[start:start + p.size]
             start += p.size
-            bk = _bucket(p.size)
+            bk = width[tuple(vals[i].shape)]
             vals[i] = _scatter_set(vals[i], jnp.asarray(_pad(p, bk)), jnp.asarray(_pad(v, bk)))
   for u, v in zip(units, vals):
     _store(flat, out, u, v)
