@@ -12,9 +12,11 @@ leaves (keys order like the magnitudes), the ``torch.kthvalue`` threshold of the
    edges of the full pass within a few standard deviations of the subsample quantile.
 3. *Full pass*: exact counts above each edge over all entries, plus a bit per group of 8
    entries and per (task, gap between edges) saying whether the group holds an entry of that
-   gap. The gap holding rank ``k`` (a few thousand entries) is extracted on the host from the
-   flagged groups (:func:`host_keys`, same arithmetic as the device), its population checked
-   against the exact count, and the rank selected with ``np.partition``.
+   gap. The gap holding rank ``k`` (a few thousand entries) is extracted: the device packs
+   that gap's presence bits 32 groups to a word (:func:`gap_flags`), the host lists the set
+   bits, the device gathers those groups' keys with the counting arithmetic
+   (:func:`gap_keys`); their population is checked against the exact count and the rank
+   selected with ``np.partition``.
 4. If a full pass misses (target outside the edges, too many candidates, counts that do not
    match) further full passes narrow the bracket ``[lo, hi)`` (exact counts at both ends) until
    it holds a single key or a small extractable gap: always exact, just slower.
