@@ -104,7 +104,8 @@ def _set_bits(words: np.ndarray) -> list[np.ndarray]:
     w = w ^ low
     more = w != 0
     flat, w = flat[more], w[more]
-  key = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+  # each round's keys ascend: a stable (merging) sort of a few runs is about linear
+  key = np.sort(np.concatenate(keys), kind="stable") if keys else np.zeros(0, np.int64)
   cuts = np.searchsorted(key, np.arange(1, r_n) * (w_n * 32))
   return [k - r * w_n * 32 for r, k in enumerate(np.split(key, cuts))]
 
