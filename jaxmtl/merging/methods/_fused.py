@@ -505,6 +505,7 @@ def _scatter_set(x, idx, vals):
 
 
 def _bucket(n: int) -> int:
+  """Padded length of a gather or scatter of ``n`` items (powers of two: few compiled shapes)."""
   return max(64, 1 << (n - 1).bit_length())
 
 

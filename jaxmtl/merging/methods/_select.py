@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmtl.merging.methods import diagnostics
-from jaxmtl.merging.methods._fused import (MAX_TASKS_PER_PASS, code_leaf, edges_per_task,
-                                           gap_flags, gap_keys, host_keys, keys_leaf, sub_size)
+from jaxmtl.merging.methods._fused import (MAX_TASKS_PER_PASS, _bucket, code_leaf,
+                                           edges_per_task, gap_flags, gap_keys, host_keys,
+                                           keys_leaf, sub_size)
 
 __all__ = ["kth_largest_keys"]
 
@@ -108,11 +109,6 @@ def _set_bits(words: np.ndarray) -> list[np.ndarray]:
   key = np.sort(np.concatenate(keys), kind="stable") if keys else np.zeros(0, np.int64)
   cuts = np.searchsorted(key, np.arange(1, r_n) * (w_n * 32))
   return [k - r * w_n * 32 for r, k in enumerate(np.split(key, cuts))]
-
-
-def _bucket(n: int) -> int:
-  """Padded length of a gather of ``n`` groups (powers of two: few compiled shapes)."""
-  return max(64, 1 << (n - 1).bit_length())
 
 
 def _key_value(key: int) -> float:
