@@ -51,6 +51,27 @@ def test_kth_largest_keys_matches_numpy_above_host_shortcut(tasks, is_tv):
     assert keys.view(np.float32)[t] == want
 
 
+def test_code_leaf_loop_equals_one_block():
+  """Large leaves are counted block by block in a loop: loop blocks, leftover groups and the tail
+  past the last group of 8 give exactly the counts and presence words of the unblocked kernel."""
+  n = 2 * _fused._COUNT_BLOCK * 8 + 5 * 8 + 3             # 2 loop blocks + 5 groups + 3 tail
+  rng = np.random.default_rng(5)
+  a = jnp.asarray(rng.standard_normal(n).astype(np.float32))
+  others = [a + jnp.asarray(rng.standard_normal(n).astype(np.float32) * 0.01) for _ in range(8)]
+  edges = np.sort(rng.uniform(0.003, 0.02, (8, 4)).astype(np.float32), axis=1)
+  edges = jnp.asarray(edges.view(np.uint32))
+  zero = jnp.zeros((8, 4), jnp.int32)
+  kw = dict(is_tv=False, stride=1, presence=True)
+  looped = _fused.code_leaf(zero, a, others, edges, loop=True, **kw)
+  single = _fused.code_leaf(zero, a, others, edges, loop=False, **kw)
+  for x, y in zip(looped, single):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  keys = np.abs(np.stack([np.asarray(o) - np.asarray(a) for o in others])).view(np.uint32)
+  want = (keys[:, None, :] >= np.asarray(edges)[:, :, None]).sum(-1)
+  np.testing.assert_array_equal(np.asarray(looped[0]), want)
+  assert looped[1].shape == (n // 8,) and int(np.count_nonzero(np.asarray(looped[1])))
+
+
 def test_set_bits_lists_every_set_bit_per_row():
   rng = np.random.default_rng(3)
   words = (rng.integers(0, 2**32, (4, 50), dtype=np.uint64)

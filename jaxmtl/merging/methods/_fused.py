@@ -51,6 +51,7 @@ _WORDS = 4                # variadic-reduce operands: 4 run at the read floor, 8
 _GROUP = 8                # entries per group: 4-bit counts hold 0..8
 _VOTE_ROW = 1024          # entries per row of the majority-vote reduce
 SUB_BLOCK = 512           # consecutive entries per block of a code_leaf subsample
+_COUNT_BLOCK = 1 << 14    # groups of 8 per loop step of a whole-leaf code_leaf (128K entries)
 
 
 def sub_size(n: int, stride: int) -> int:
@@ -312,8 +313,36 @@ def _sum_nibbles(words: list[jax.Array]) -> jax.Array:
   return tot[jnp.asarray(order)]
 
 
-@functools.partial(jax.jit, static_argnames=("is_tv", "stride", "presence"))
-def code_leaf(total, a, others, edges, *, is_tv, stride, presence):
+def _count_groups(total, taus, edges, presence):
+  """Adds the counts of ``taus`` (``T`` arrays ``[M, 8]``, groups of 8 entries) above ``edges`` to
+  ``total``; with ``presence`` also returns the ``uint32 [M]`` presence words of
+  :func:`code_leaf`."""
+  t_n, e_n = edges.shape
+  n_words = -(-t_n * e_n // 8)
+  words = [None] * n_words
+  for t, tau in enumerate(taus):
+    key = _key(tau)
+    for e in range(e_n):
+      p = t * e_n + e
+      bit = (key >= edges[t, e]).astype(jnp.uint32) << (4 * (p % 8))
+      words[p // 8] = bit if words[p // 8] is None else words[p // 8] + bit
+  # one fused pass over the inputs: a variadic reduce over each group of 8 entries
+  red = list(lax.reduce(tuple(words), tuple(jnp.uint32(0) for _ in words),
+                        lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), (1,)))
+  total = total + _sum_nibbles(red)[:t_n * e_n].reshape(t_n, e_n)
+  if not presence:
+    return total, None
+  field = lambda p: (red[p // 8] >> (4 * (p % 8))) & jnp.uint32(15)
+  pres = jnp.zeros(red[0].shape, jnp.uint32)
+  for t in range(t_n):
+    for j in range(e_n - 1):   # gap j = [edge j, edge j + 1)
+      here = field(t * e_n + j) > field(t * e_n + j + 1)
+      pres = pres | (here.astype(jnp.uint32) << (t * (e_n - 1) + j))
+  return total, pres
+
+
+@functools.partial(jax.jit, static_argnames=("is_tv", "stride", "presence", "loop"))
+def code_leaf(total, a, others, edges, *, is_tv, stride, presence, loop=True):
   """Adds ``#{bitcast(|tau_t|) >= edges[t, e]}`` over one leaf to ``total``, exactly.
 
   Args:
@@ -324,18 +353,23 @@ def code_leaf(total, a, others, edges, *, is_tv, stride, presence):
       entries in every ``s`` (a subsample read at ``1/s`` of the cost; see :func:`sub_size`).
     presence: also return, per group of 8 entries, a uint32 whose bit ``t * (E - 1) + j`` says
       whether the group holds an entry of task ``t`` in ``[edges[t, j], edges[t, j + 1])``.
+    loop: count large leaves block by block (below); False for sharded leaves, whose dynamic
+      slices the SPMD partitioner could gather.
 
   Returns:
     ``(total + counts, presence uint32 [n // 8] or None, tail uint32 [T, n % 8])``: the tail
     keys (entries past the last full group, ``stride == 1`` only) are counted too and returned
     for the caller to inspect.
+
+  Whole leaves are counted in blocks of ``_COUNT_BLOCK`` groups by a loop, so the per-group
+  words stay in cache and the program's temporaries are small: unblocked, the 100 MB embedding
+  of a 100M model needed a 56 MB temporary, fresh pages (~14K page faults) on every call.
   """
   t_n, e_n = edges.shape
   n = a.size
   m = n // _GROUP
   af = a.reshape(-1)
   ofs = [o.reshape(-1) for o in others]
-
   nb = n // (stride * SUB_BLOCK)
 
   def view(x):
@@ -346,31 +380,26 @@ def code_leaf(total, a, others, edges, *, is_tv, stride, presence):
     blocks = x[:nb * stride * SUB_BLOCK].reshape(nb, stride, SUB_BLOCK)[:, 0, :]
     return blocks.reshape(-1, _GROUP)
 
-  pres = None
   rows = m if stride == 1 else nb * SUB_BLOCK // _GROUP
-  if rows:
-    _, taus = _taus(view(af), [view(o) for o in ofs], is_tv)
-    n_words = -(-t_n * e_n // 8)
-    words = [None] * n_words
-    for t, tau in enumerate(taus):
-      key = _key(tau)
-      for e in range(e_n):
-        p = t * e_n + e
-        bit = (key >= edges[t, e]).astype(jnp.uint32) << (4 * (p % 8))
-        words[p // 8] = bit if words[p // 8] is None else words[p // 8] + bit
-    # one fused pass over the inputs: a variadic reduce over each group of 8 entries
-    red = list(lax.reduce(tuple(words), tuple(jnp.uint32(0) for _ in words),
-                          lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), (1,)))
-    total = total + _sum_nibbles(red)[:t_n * e_n].reshape(t_n, e_n)
+  pres = jnp.zeros((rows,), jnp.uint32) if presence else None
+  av, ovs = view(af), [view(o) for o in ofs]
+  n_loop = rows // _COUNT_BLOCK if loop and stride == 1 and rows >= 2 * _COUNT_BLOCK else 0
+  if n_loop:
+    def body(i, carry):
+      tot, pr = carry
+      sl = lambda x: lax.dynamic_slice_in_dim(x, i * _COUNT_BLOCK, _COUNT_BLOCK)
+      _, taus = _taus(sl(av), [sl(o) for o in ovs], is_tv)
+      tot, p = _count_groups(tot, taus, edges, presence)
+      if presence:
+        pr = lax.dynamic_update_slice_in_dim(pr, p, i * _COUNT_BLOCK, 0)
+      return tot, pr
+    total, pres = lax.fori_loop(0, n_loop, body, (total, pres))
+  done = n_loop * _COUNT_BLOCK
+  if rows > done:   # the groups after the loop's blocks (all of them for small leaves)
+    _, taus = _taus(av[done:], [o[done:] for o in ovs], is_tv)
+    total, p = _count_groups(total, taus, edges, presence)
     if presence:
-      field = lambda p: (red[p // 8] >> (4 * (p % 8))) & jnp.uint32(15)
-      pres = jnp.zeros((rows,), jnp.uint32)
-      for t in range(t_n):
-        for j in range(e_n - 1):   # gap j = [edge j, edge j + 1)
-          here = field(t * e_n + j) > field(t * e_n + j + 1)
-          pres = pres | (here.astype(jnp.uint32) << (t * (e_n - 1) + j))
-  elif presence:
-    pres = jnp.zeros((0,), jnp.uint32)
+      pres = p if not done else lax.dynamic_update_slice_in_dim(pres, p, done, 0)
   if stride == 1:
     _, ttaus = _taus(af[_GROUP * m:], [o[_GROUP * m:] for o in ofs], is_tv)
     tail = jnp.stack([_key(t) for t in ttaus])

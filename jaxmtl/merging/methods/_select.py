@@ -159,7 +159,7 @@ class _Chunk:
         host_total += np.asarray(total)
         total, acc = jnp.zeros(edges.shape, jnp.int32), 0
       total, p, tl = code_leaf(total, a, self._leaf_others(i), ej, is_tv=self.is_tv,
-                               stride=stride, presence=presence)
+                               stride=stride, presence=presence, loop=self.host)
       acc += self.sizes[i]
       pres.append(p)
       tails.append(tl)
