@@ -14,6 +14,11 @@ Cases, each printed as one JSON line:
   per leaf shape; global TIES also runs its exact threshold selection).
 * ``task_arithmetic_treemap``: the task-arithmetic formula as one hand-written, jitted
   ``jax.tree.map`` (``a + 0.3 * sum(x - a for x in b)``), for comparison.
+* ``read_one_loop``: the same bytes read by one loop per leaf that takes an entry of every model
+  at once (``sum(a + f_1 + ... + f_T)``, one program per leaf shape): the access pattern of every
+  merge and counting kernel, which needs all ``T + 1`` values of an entry together. Its ratio to
+  the floor (separate single-array reads) is what reading ``T + 1`` streams in one loop costs on
+  the machine, before any arithmetic; it is reported, not used as the floor.
 * ``fusionbench_ties``: FusionBench's ``ties_merging`` (PyTorch, CPU) on the same shapes --
   only when ``--fusionbench-python`` names an interpreter that has ``torch`` and
   ``fusion-bench`` (never a jaxmtl dependency); it flattens the task vectors with
@@ -167,6 +172,7 @@ def main() -> None:
 
   floor_jit = jax.jit(lambda p, f: sum(jnp.sum(x) for t in [p, *f] for x in jax.tree.leaves(t)))
   leaf_sum = jax.jit(lambda a, fs: jnp.sum(a) + sum(jnp.sum(f) for f in fs))
+  leaf_sum_one_loop = jax.jit(lambda a, fs: jnp.sum(a + sum(fs)))
   floors_fns = {"program": lambda: floor_jit(pre, fts),
                 "leafwise": lambda: [leaf_sum(pre[k], [f[k] for f in fts]) for k in pre]}
   floors_fns = {k: v for k, v in floors_fns.items() if args.floor in (k, "both")}
@@ -176,6 +182,7 @@ def main() -> None:
   cases = {
     "task_arithmetic": lambda: M.task_arithmetic(pre, fts, scaling=0.3),
     "task_arithmetic_treemap": lambda: treemap(pre, fts),
+    "read_one_loop": lambda: [leaf_sum_one_loop(pre[k], [f[k] for f in fts]) for k in pre],
     "weight_average": lambda: M.weight_average(pre, fts),
     "ties_global": lambda: M.ties(pre, fts, density=args.density),
     "dare": lambda: M.dare(pre, fts, key=key, drop_rate=0.9, scaling=0.3),
