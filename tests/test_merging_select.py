@@ -51,10 +51,15 @@ def test_kth_largest_keys_matches_numpy_above_host_shortcut(tasks, is_tv):
     assert keys.view(np.float32)[t] == want
 
 
-def test_code_leaf_loop_equals_one_block():
+def test_code_leaf_loop_equals_one_block(monkeypatch):
   """Large leaves are counted block by block in a loop: loop blocks, leftover groups and the tail
-  past the last group of 8 give exactly the counts and presence words of the unblocked kernel."""
-  n = 2 * _fused._COUNT_BLOCK * 8 + 5 * 8 + 3             # 2 loop blocks + 5 groups + 3 tail
+  past the last group of 8 give exactly the counts and presence words of the unblocked kernel.
+  (Thresholds shrunk so a small leaf takes the loop; its length is new to the jit cache.)"""
+  monkeypatch.setattr(_fused, "_LOOP_MIN", 64)
+  monkeypatch.setattr(_fused, "_COUNT_BLOCK", 16)
+  rows = 67                                   # prime: no divisor in [8, 32], so 4 blocks + 3
+  assert _fused._loop_block(rows) == 16 and _fused._loop_block(96) == 32
+  n = rows * 8 + 3                            # ... and 3 tail entries past the last group
   rng = np.random.default_rng(5)
   a = jnp.asarray(rng.standard_normal(n).astype(np.float32))
   others = [a + jnp.asarray(rng.standard_normal(n).astype(np.float32) * 0.01) for _ in range(8)]
@@ -63,13 +68,20 @@ def test_code_leaf_loop_equals_one_block():
   zero = jnp.zeros((8, 4), jnp.int32)
   kw = dict(is_tv=False, stride=1, presence=True)
   looped = _fused.code_leaf(zero, a, others, edges, loop=True, **kw)
+  jaxpr = str(jax.make_jaxpr(lambda *x: _fused.code_leaf(*x, loop=True, **kw))(
+    zero, a, others, edges))
+  assert "scan" in jaxpr or "while" in jaxpr   # the loop path ran
   single = _fused.code_leaf(zero, a, others, edges, loop=False, **kw)
   for x, y in zip(looped, single):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   keys = np.abs(np.stack([np.asarray(o) - np.asarray(a) for o in others])).view(np.uint32)
   want = (keys[:, None, :] >= np.asarray(edges)[:, :, None]).sum(-1)
   np.testing.assert_array_equal(np.asarray(looped[0]), want)
-  assert looped[1].shape == (n // 8,) and int(np.count_nonzero(np.asarray(looped[1])))
+  groups = keys[:, :rows * 8].reshape(8, rows, 8)
+  e = np.asarray(edges)
+  for t in (0, 7):                            # presence bit of gap 1 of tasks 0 and 7
+    inside = ((groups[t] >= e[t, 1]) & (groups[t] < e[t, 2])).any(-1)
+    np.testing.assert_array_equal((np.asarray(looped[1]) >> (t * 3 + 1)) & 1, inside)
 
 
 def test_set_bits_lists_every_set_bit_per_row():

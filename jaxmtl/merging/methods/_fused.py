@@ -51,7 +51,8 @@ _WORDS = 4                # variadic-reduce operands: 4 run at the read floor, 8
 _GROUP = 8                # entries per group: 4-bit counts hold 0..8
 _VOTE_ROW = 1024          # entries per row of the majority-vote reduce
 SUB_BLOCK = 512           # consecutive entries per block of a code_leaf subsample
-_COUNT_BLOCK = 1 << 14    # groups of 8 per loop step of a whole-leaf code_leaf (128K entries)
+_COUNT_BLOCK = 1 << 14    # groups of 8 per loop step of a large leaf's code_leaf (128K entries)
+_LOOP_MIN = 1 << 21       # groups from which code_leaf loops (unblocked temporaries >= 32 MB)
 
 
 def sub_size(n: int, stride: int) -> int:
@@ -313,6 +314,15 @@ def _sum_nibbles(words: list[jax.Array]) -> jax.Array:
   return tot[jnp.asarray(order)]
 
 
+def _loop_block(rows: int) -> int:
+  """Groups per loop step of :func:`code_leaf`: a divisor of ``rows`` near ``_COUNT_BLOCK`` when
+  there is one (no second program for leftover groups), else ``_COUNT_BLOCK``."""
+  for b in range(2 * _COUNT_BLOCK, _COUNT_BLOCK // 2 - 1, -1):
+    if rows % b == 0:
+      return b
+  return _COUNT_BLOCK
+
+
 def _count_groups(total, taus, edges, presence):
   """Adds the counts of ``taus`` (``T`` arrays ``[M, 8]``, groups of 8 entries) above ``edges`` to
   ``total``; with ``presence`` also returns the ``uint32 [M]`` presence words of
@@ -361,9 +371,11 @@ def code_leaf(total, a, others, edges, *, is_tv, stride, presence, loop=True):
     keys (entries past the last full group, ``stride == 1`` only) are counted too and returned
     for the caller to inspect.
 
-  Whole leaves are counted in blocks of ``_COUNT_BLOCK`` groups by a loop, so the per-group
-  words stay in cache and the program's temporaries are small: unblocked, the 100 MB embedding
-  of a 100M model needed a 56 MB temporary, fresh pages (~14K page faults) on every call.
+  Leaves of at least ``_LOOP_MIN`` groups are counted in blocks of about ``_COUNT_BLOCK`` groups
+  by a loop, so the per-group words stay in cache and the temporaries stay small: unblocked, the
+  100 MB embedding of a 100M model needed a 56 MB temporary, fresh pages (~14K page faults) on
+  every call, and an LLM's 200M-entry embedding would need 400 MB. Smaller leaves keep the single
+  program, which compiles faster (the loop costs ~0.5 s of compilation per leaf shape).
   """
   t_n, e_n = edges.shape
   n = a.size
@@ -383,18 +395,19 @@ def code_leaf(total, a, others, edges, *, is_tv, stride, presence, loop=True):
   rows = m if stride == 1 else nb * SUB_BLOCK // _GROUP
   pres = jnp.zeros((rows,), jnp.uint32) if presence else None
   av, ovs = view(af), [view(o) for o in ofs]
-  n_loop = rows // _COUNT_BLOCK if loop and stride == 1 and rows >= 2 * _COUNT_BLOCK else 0
+  block = _loop_block(rows) if loop and stride == 1 and rows >= _LOOP_MIN else 0
+  n_loop = rows // block if block else 0
   if n_loop:
     def body(i, carry):
       tot, pr = carry
-      sl = lambda x: lax.dynamic_slice_in_dim(x, i * _COUNT_BLOCK, _COUNT_BLOCK)
+      sl = lambda x: lax.dynamic_slice_in_dim(x, i * block, block)
       _, taus = _taus(sl(av), [sl(o) for o in ovs], is_tv)
       tot, p = _count_groups(tot, taus, edges, presence)
       if presence:
-        pr = lax.dynamic_update_slice_in_dim(pr, p, i * _COUNT_BLOCK, 0)
+        pr = lax.dynamic_update_slice_in_dim(pr, p, i * block, 0)
       return tot, pr
     total, pres = lax.fori_loop(0, n_loop, body, (total, pres))
-  done = n_loop * _COUNT_BLOCK
+  done = n_loop * block
   if rows > done:   # the groups after the loop's blocks (all of them for small leaves)
     _, taus = _taus(av[done:], [o[done:] for o in ovs], is_tv)
     total, p = _count_groups(total, taus, edges, presence)
