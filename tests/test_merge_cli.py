@@ -1,16 +1,33 @@
 """Tests for the jaxmtl-merge CLI: --config and --mergekit recipes over tmp checkpoints."""
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import yaml
 
 import jaxmtl.merging as M
+from jaxmtl.cli import common
 from jaxmtl.cli import merge as cli
 from jaxmtl.merging import io
 
-CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "merge.py")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ENABLE_CACHE = common.enable_compilation_cache   # before the fixture below replaces it
+CONFIG = str(ROOT / "configs" / "merge.py")
+
+
+@pytest.fixture(autouse=True)
+def cache_calls(monkeypatch):
+  """The CLI's persistent compilation cache, recorded instead of switched on: jax's cache
+  setting is process-wide and would carry over to every later test
+  (test_compilation_cache_subprocess switches it on for real)."""
+  calls = []
+  monkeypatch.setattr(common, "enable_compilation_cache",
+                      lambda path, secs=0.0: calls.append((str(path), secs)) or True)
+  return calls
 
 
 @pytest.fixture
@@ -134,3 +151,50 @@ def test_mergekit_errors(ckpts):
     cli.main(["x"])
   with pytest.raises(ValueError, match="--output"):
     cli.main(["x", f"--mergekit={d / 'ties.yaml'}"])
+
+
+def _ties_argv(d, paths, out, *extra):
+  return ["x", f"--config={CONFIG}:ties", f"--config.pretrained={d / 'base.safetensors'}",
+          f"--config.finetuned={','.join(map(str, paths))}", f"--config.output={out}",
+          "--config.progress=False", *extra]
+
+
+def test_compilation_cache_flag(ckpts, cache_calls, monkeypatch, tmp_path):
+  d, _, _, paths = ckpts
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  import jax
+  if jax.config.jax_compilation_cache_dir:   # the user's own cache wins over the default
+    pytest.skip("JAX_COMPILATION_CACHE_DIR is set in this environment")
+  cli.main(_ties_argv(d, paths, d / "a.npz"))
+  assert cache_calls == [(str(tmp_path / "xdg" / "jaxmtl" / "xla"), 0.0)]
+  cli.main(_ties_argv(d, paths, d / "b.npz", f"--compilation_cache={tmp_path / 'mine'}"))
+  assert cache_calls[-1][0] == str(tmp_path / "mine")
+  cli.main(_ties_argv(d, paths, d / "c.npz", "--compilation_cache="))
+  assert len(cache_calls) == 2   # '' turns it off
+
+
+def test_compilation_cache_subprocess(ckpts, tmp_path):
+  """The real cache, in a fresh process: the in-memory merge's programs are written to the
+  directory, and the merge equals the in-process one."""
+  d, pre, fts, paths = ckpts
+  cache = tmp_path / "xla"
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  # in memory: the streaming path is numpy and compiles nothing
+  argv = _ties_argv(d, paths, d / "sub.npz", f"--compilation_cache={cache}",
+                    "--config.streaming=false")[1:]
+  r = subprocess.run([sys.executable, "-m", "jaxmtl.cli.merge", *argv], env=env, cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert any(cache.iterdir())
+  ref = M.ties(pre, fts, density=0.2)
+  got = _load(d / "sub.npz")
+  for k in pre:
+    np.testing.assert_allclose(got[k], np.asarray(ref[k]), rtol=1e-6, atol=1e-7)
+
+
+def test_enable_compilation_cache_unwritable(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  assert not _ENABLE_CACHE(blocker / "xla")   # mkdir fails: a warning, jax left alone
+  assert "no compilation cache" in capsys.readouterr().err
