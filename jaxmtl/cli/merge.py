@@ -11,8 +11,8 @@ Both end in :func:`jaxmtl.merging.out_of_core.merge_checkpoints` (leaf by leaf w
 method allows, with a progress bar over leaves) and write the merged checkpoint plus a JSON
 report (method, options, per-leaf nonzero fraction of ``merged - base``, timings). Compiled XLA
 programs are kept in a persistent cache (``--compilation_cache``, default
-``~/.cache/jaxmtl/xla``), so a second merge of models of the same shapes skips compilation
-(most of a first call's time: 8 of the 12 s of global TIES on 8 x 100M entries).
+``~/.cache/jaxmtl/xla``), so a later in-memory merge of models of the same shapes skips
+compilation (8 of the 12 s of a first in-memory global TIES call on 8 x 100M entries).
 
 mergekit recipes (``merge_method``, ``base_model``, ``models: [{model, parameters}]``,
 ``parameters``, ``dtype``) are mapped onto jaxmtl options by :func:`from_mergekit`, following
@@ -197,15 +197,6 @@ def run_merge(method: str, pretrained: str, finetuned: Sequence[str], output: st
   return report
 
 
-def _define_cache_flag(fv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("compilation_cache", None,
-                      "persistent XLA compilation cache directory: repeated merges of the same "
-                      "shapes skip compilation (default $JAX_COMPILATION_CACHE_DIR when set, "
-                      "else $XDG_CACHE_HOME/jaxmtl/xla or ~/.cache/jaxmtl/xla; '' turns it off)",
-                      flag_values=fv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point (``jaxmtl-merge``); ``argv`` defaults to ``sys.argv``."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -213,14 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   from jaxmtl.cli import common  # pylint: disable=g-import-not-at-top
   argv = list(sys.argv if argv is None else argv)
-  # The cache first, before loading the config can compile anything: jax decides on its first
-  # compilation whether this process uses a persistent cache, once.
-  pre = flags.FlagValues()
-  _define_cache_flag(pre)
-  pre(argv, known_only=True)
-  cache = common.default_cache_dir() if pre.compilation_cache is None else pre.compilation_cache
-  if cache:   # every program: the merge kernels compile in 0.05-0.7 s each (jax's default
-    common.enable_compilation_cache(cache)   # minimum, 1 s, would keep none of them)
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "jaxmtl merge config (configs/merge.py[:m])",
                                   flag_values=fv, lock_config=True, sys_argv=argv)
@@ -230,8 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   flags.DEFINE_bool("progress", True, "progress bar over leaves (with --mergekit)",
                     flag_values=fv)
   flags.DEFINE_integer("seed", 0, "PRNG seed for dare/della (with --mergekit)", flag_values=fv)
-  _define_cache_flag(fv)   # parsed above already; defined again so that fv accepts it
+  flags.DEFINE_string("compilation_cache", None,
+                      "persistent XLA compilation cache directory: repeated in-memory merges of "
+                      "the same shapes skip compilation (default $JAX_COMPILATION_CACHE_DIR when "
+                      "set, else $XDG_CACHE_HOME/jaxmtl/xla or ~/.cache/jaxmtl/xla; '' turns it "
+                      "off)", flag_values=fv)
   fv(argv)
+  cache = common.default_cache_dir() if fv.compilation_cache is None else fv.compilation_cache
+  if cache:   # every program: the merge kernels compile in 0.05-0.7 s each (jax's default
+    common.enable_compilation_cache(cache)   # minimum, 1 s, would keep none of them)
   if (fv.config is None) == (fv.mergekit is None):
     raise ValueError("pass exactly one of --config=configs/merge.py[:method] and "
                      "--mergekit=recipe.yaml")
