@@ -97,6 +97,25 @@ def test_streaming_threshold_matches_global_topk():
   assert np.all(np.isneginf(ooc.streaming_ties_thresholds(lambda: iter(leaves), 2, 1.0)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_threshold_signed_zeros_ties_and_float64(dtype):
+  """The radix select reads |tau| off the bits without the sign bit (-0.0 is 0, -x is x) and
+  runs 2 (float32) or 4 (float64) 16-bit digit passes; exact against a sort."""
+  r = np.random.default_rng(2)
+  for scale in (1e-3, 1.0, 1e3):
+    base = [(scale * r.normal(size=n)).astype(dtype) for n in (1, 37, 500)]
+    for x in base:
+      x[::7] = -0.0
+      x[1::5] = -x[0]
+    leaves = [[x, -2 * x[::-1], x.copy()] for x in base]
+    for density in (0.01, 0.2, 0.5, 0.97):
+      thr = ooc.streaming_ties_thresholds(lambda: iter(leaves), 3, density)
+      d = sum(x.size for x in base)
+      for t in range(3):
+        a = np.sort(np.abs(np.concatenate([l[t] for l in leaves])))[::-1]
+        assert thr[t] == a[int(d * density)]
+
+
 def test_non_streaming_methods_and_errors(tmp_path):
   pre, fts = _models()
   p, f = _write(tmp_path, pre, fts, "npz")

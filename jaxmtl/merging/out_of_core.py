@@ -113,15 +113,20 @@ def streaming_ties_thresholds(leaf_taus: Callable[[], Any], num_tasks: int,
     for taus in leaf_taus():
       for t, tau in enumerate(taus):
         width = tau.dtype.itemsize * 8
-        bits = np.abs(tau).reshape(-1).view(_UINT[tau.dtype.itemsize])
+        u = _UINT[tau.dtype.itemsize]
+        # |tau|'s bits are tau's bits without the sign bit; all arithmetic in tau's own width
+        # (widening every chunk to uint64 and back to intp took twice as long)
+        bits = tau.reshape(-1).view(u)
+        magnitude = u(np.iinfo(u).max >> 1)
         n_entries += bits.size if t == 0 else 0
-        shift = width - 16 * (level + 1)
+        shift = u(width - 16 * (level + 1))
         for s in range(0, bits.size, _CHUNK):
-          b = bits[s:s + _CHUNK].astype(np.uint64)
-          if level:
-            b = b[(b >> np.uint64(shift + 16)) == prefix[t]]
-          counts[t] += np.bincount(((b >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.intp),
-                                   minlength=1 << 16)
+          b = bits[s:s + _CHUNK] & magnitude
+          if level:   # entries under the prefix found so far, then their next 16 bits
+            d = b[(b >> (shift + u(16))) == u(prefix[t])] >> shift & u(0xFFFF)
+          else:       # the top 16 bits
+            d = b >> shift
+          counts[t] += np.bincount(d if width == 32 else d.astype(np.intp), minlength=1 << 16)
     if total is None:
       if n_entries == 0:
         raise ValueError("no merged leaves: nothing to rank for global TIES")
