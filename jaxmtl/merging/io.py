@@ -227,6 +227,7 @@ class LeafReader:
     self.path = os.fspath(path)
     self.format = detect_format(self.path)
     self.check = check
+    self._checked: set[str] = set()   # leaves found finite: multi-pass merges re-read them
     self._specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     self._names: dict[str, str] = {}
     if self.format == "safetensors":
@@ -281,7 +282,8 @@ class LeafReader:
     return self._specs[key]
 
   def read(self, key: str) -> np.ndarray:
-    """Reads leaf ``key`` (and only it); checks it for NaN/inf unless ``check=False``."""
+    """Reads leaf ``key`` (and only it); checks it for NaN/inf unless ``check=False`` (once per
+    leaf and reader: the streaming merges read every leaf in each of their passes)."""
     self.spec(key)
     name = self._names[key]
     if self.format == "safetensors":
@@ -302,8 +304,9 @@ class LeafReader:
       out = self._f.restore(self.path, args=ocp.args.PyTreeRestore(
         item=item, restore_args=args, partial_restore=True))
       arr = np.asarray(flatten(out)[key]).reshape(shape)
-    if self.check:
+    if self.check and key not in self._checked:
       check_finite({key: arr}, f"checkpoint {self.path!r}")
+      self._checked.add(key)
     return arr
 
   def close(self) -> None:

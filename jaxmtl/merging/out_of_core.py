@@ -163,21 +163,18 @@ def _ties_masks(taus: list[np.ndarray], opts: Mapping[str, Any],
 def _ties_leaf(taus: list[np.ndarray], masks: list[np.ndarray], opts: Mapping[str, Any],
                majority: float) -> np.ndarray:
   """Elect + disjoint merge of one leaf, as ``jaxmtl.merging.methods.elect_and_merge``."""
-  # in place where the values cannot change: tot only ever gains non-zero kept entries, so it
-  # is never -0.0 and skipping the others equals adding 0 (the file is byte-identical)
   for t, m in zip(taus, masks):
-    np.copyto(t, 0, where=~m)
+    t[~m] = 0
   if opts["sign"] == "mass":
     e = np.sign(sum(taus[1:], taus[0].copy()))
     e[e == 0] = majority
   else:
     e = np.where(sum((np.sign(t) for t in taus), np.zeros_like(taus[0])) >= 0, 1.0, -1.0)
-  pos = e > 0
   tot = np.zeros_like(taus[0])
   cnt = np.zeros(taus[0].shape, np.int32)
   for t in taus:
-    keep = np.where(pos, t > 0, t < 0)
-    np.add(tot, t, out=tot, where=keep)
+    keep = np.where(e > 0, t > 0, t < 0)
+    tot += np.where(keep, t, 0)
     cnt += keep
   if opts["merge"] in ("mean", "disjoint_mean"):
     tot /= np.maximum(cnt, 1)
@@ -375,9 +372,7 @@ def _streaming_fn(inp: _Inputs, method: str, options: Mapping[str, Any],
     for k in _progress(merged_keys, len(merged_keys), "ties sign", progress):
       taus = inp.taus(k)[1]
       masks = _ties_masks(taus, opts, thr)
-      s = np.zeros_like(taus[0])
-      for t, m in zip(taus, masks):   # = sum of where(m, t, 0): s is never -0.0 (see _ties_leaf)
-        np.add(s, t, out=s, where=m)
+      s = sum((np.where(m, t, 0) for t, m in zip(taus, masks)), np.zeros_like(taus[0]))
       total += float(np.sign(s).sum())
       del taus, masks, s
     majority = float(np.sign(total))
